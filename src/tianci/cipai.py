@@ -1,0 +1,363 @@
+"""词牌 patterns: the 817 tunes (2294 variants) of the 词谱 in hulbji/couyun (MIT), plus corpus skeletons.
+
+A `Form` is what the decoder fills: one skeleton string per paragraph ('*' a character slot, then the
+punctuation), the tone of each character slot (平/仄/中) and its rhyme group (-1 = no rhyme).
+Paragraphs follow the corpus convention (one sentence ending in 。 per paragraph = one `ci_sep`
+line of the 词谱); the 词谱 example (`origin`) gives the exact marks: 。 at a paragraph's end, ， for
+a pause (句) and 、 for a 读 (a short break after a leading word) inside it. At a pause slot either
+，or 、 counts as right (editors use both), at a paragraph end only 。.
+
+Rhyme groups come from `yun_classify` ({key: [positions]}): each key is one rhyme, a new key is a
+rhyme change (换韵, e.g. 菩萨蛮's four); a negative position is a 叶 (same 部, other tone) and keeps
+its group. Groups are numbered 0.. in order of first appearance.
+
+Sources: a local ci_pu directory (env TIANCI_CIPU_SOURCE) or the upstream raw URLs."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from .cipai_corpus import PAUSE, STOP, CorpusStats, infer_form_marks
+from .errors import TianciError
+from .tones import ZHONG, Phonology, is_han, read_json
+
+UPSTREAM = "https://raw.githubusercontent.com/hulbji/couyun/HEAD/ci_pu"
+ENV = "TIANCI_CIPU_SOURCE"
+
+
+class UnknownCipaiError(TianciError):
+    """A 词牌 neither the 词谱 nor the corpus knows; `.suggestions` holds the closest names."""
+
+    def __init__(self, name: str, suggestions: list[str]):
+        self.name, self.suggestions = name, suggestions
+        hint = f"; did you mean {' / '.join(suggestions)}?" if suggestions else ""
+        super().__init__(f"unknown 词牌 {name!r}{hint} (`tianci cipai --list` lists them)")
+
+
+@dataclass(frozen=True)
+class Variant:
+    tones: str  # ge_lyu_str
+    rhyme: tuple[int, ...]  # per character: rhyme group or -1
+    lines: tuple[str, ...]  # skeleton per paragraph
+    example: str  # origin
+
+
+@dataclass
+class Entry:
+    idx: int | None  # ci_index idx; None for a corpus-only 词牌
+    names: list[str]  # first = canonical
+    pinyins: list[str]
+    titles: list[str]  # corpus titles that map here
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    title: str  # what the prompt's title line says (the corpus spelling)
+    source: str  # "词谱" or "corpus"
+    variant: int | None  # 词谱 variant index, None for a corpus-derived form
+    n_variants: int
+    lines: tuple[str, ...]
+    tones: str
+    rhyme: tuple[int, ...]
+    example: str = ""
+    corpus_count: int = 0
+
+    def __post_init__(self):
+        n = sum(line.count("*") for line in self.lines)
+        assert n == len(self.tones) == len(self.rhyme), (self.name, n, len(self.tones), len(self.rhyme))
+
+    @property
+    def n_chars(self) -> int:
+        return len(self.tones)
+
+    def cells(self) -> list[tuple[str, int | str]]:
+        """The decoding plan: ('c', char slot index) | ('p', mark) | ('n', '\\n') per token."""
+        out, k = [], 0
+        for line in self.lines:
+            for ch in line:
+                if ch == "*":
+                    out.append(("c", k))
+                    k += 1
+                else:
+                    out.append(("p", ch))
+            out.append(("n", "\n"))
+        return out
+
+    def line_starts(self, clauses: bool = False) -> list[int]:
+        """Char slot index of the first character of each paragraph (or of each clause)."""
+        starts, k = [], 0
+        for line in self.lines:
+            for i, ch in enumerate(line):
+                if ch == "*":
+                    if i == 0 or (clauses and line[i - 1] != "*"):
+                        starts.append(k)
+                    k += 1
+        return starts
+
+
+def allowed_marks(mark: str) -> str:
+    """Punctuation a slot of this mark accepts."""
+    return STOP if mark in STOP else PAUSE
+
+
+def _variant(v: dict, where: str) -> Variant:
+    tones = v["ge_lyu_str"]
+    if set(tones) - {"平", "仄", "中"}:
+        raise TianciError(f"{where}: ge_lyu_str has marks other than 平/仄/中")
+    rhyme = [-1] * len(tones)
+    for g, (_, pos) in enumerate(sorted(v.get("yun_classify", {}).items(),
+                                        key=lambda kv: min(abs(p) for p in kv[1]) if kv[1] else 0)):
+        for p in pos:
+            if abs(p) < len(tones):
+                rhyme[abs(p)] = g
+    for p in v.get("rhyme_pos", []):  # positions listed only in rhyme_pos join the first group
+        if 0 <= p < len(tones) and rhyme[p] < 0:
+            rhyme[p] = 0
+    origin = v.get("origin", "")
+    lines = _skeleton_from_origin(origin, len(tones))
+    if lines is None:  # fall back to ci_sep, where a full-width space marks a pause
+        lines = tuple(re.sub(r"[^　]", "*", s).replace("　", "，") + "。" for s in v["ci_sep"])
+        if sum(s.count("*") for s in lines) != len(tones):
+            raise TianciError(f"{where}: ci_sep and ge_lyu_str disagree on the number of characters")
+    return Variant(tones, tuple(rhyme), lines, origin)
+
+
+def _skeleton_from_origin(origin: str, n: int) -> tuple[str, ...] | None:
+    out, cur = [], []
+    for ch in origin:
+        if ch in "。？！":
+            cur.append("。")
+            out.append("".join(cur))
+            cur = []
+        elif ch in "，、；：":
+            if not cur or cur[-1] != "*":
+                return None
+            cur.append("、" if ch == "、" else "，")
+        elif not ch.isspace():
+            cur.append("*")  # a Han character or a placeholder like □
+    if cur or sum(s.count("*") for s in out) != n or any(s.startswith(("，", "、", "。")) for s in out):
+        return None
+    return tuple(out)
+
+
+class CiPu:
+    """The 词谱 (lazy per-tune variant files) joined with optional corpus statistics."""
+
+    def __init__(self, index: list[dict], source: str, corpus: CorpusStats | None = None,
+                 phon: Phonology | None = None):
+        self.source, self.corpus, self.phon = source, corpus, phon
+        self.entries: list[Entry] = []
+        self.by_name: dict[str, Entry] = {}
+        for e in index:
+            names = list(dict.fromkeys([*e.get("names", []), *e.get("names_trad", [])]))
+            ent = Entry(int(e["idx"]), names, list(e.get("pinyins", [])) + [e.get("full", "")], [])
+            self.entries.append(ent)
+            for nm in names:
+                self.by_name.setdefault(nm, ent)
+        self._variants: dict[int, list[Variant | None]] = {}
+        self._forms: dict[tuple[str, int | None], Form] = {}
+        if corpus is not None:
+            for title in corpus.by_title:
+                ent = self._match_title(title)
+                if ent is None:
+                    ent = Entry(None, [title], [], [])
+                    self.entries.append(ent)
+                    self.by_name[title] = ent
+                ent.titles.append(title)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | None = None, corpus: CorpusStats | None = None,
+             phon: Phonology | None = None) -> "CiPu":
+        src = str(source or os.environ.get(ENV) or UPSTREAM)
+        index = read_json(src, "ci_index.json", "词谱 index", ENV)
+        if not isinstance(index, list) or not index:
+            raise TianciError(f"{src}/ci_index.json is not a list of 词牌 entries")
+        return cls(index, src, corpus, phon)
+
+    def _match_title(self, title: str) -> Entry | None:
+        """'望江南・忆江南' → 望江南; a plain name as is."""
+        for part in [title, *re.split(r"[・·]", title)]:
+            if part in self.by_name:
+                return self.by_name[part]
+        return None
+
+    def variants(self, ent: Entry) -> list[Variant | None]:
+        if ent.idx is None:
+            return []
+        if ent.idx not in self._variants:
+            data = read_json(self.source, f"ci_list/cipai_{ent.idx}.json", "词谱 pattern", ENV)
+            vs = []
+            for i, v in enumerate(data):
+                try:
+                    vs.append(_variant(v, f"{self.source}/ci_list/cipai_{ent.idx}.json variant {i}"))
+                except (TianciError, KeyError, TypeError):
+                    vs.append(None)  # one inconsistent variant (瑞鹤仙 #14) must not hide the others
+            self._variants[ent.idx] = vs
+        return self._variants[ent.idx]
+
+    def count(self, ent: Entry) -> int:
+        if self.corpus is None:
+            return 0
+        return sum(len(self.corpus.by_title.get(t, [])) for t in ent.titles)
+
+    @cached_property
+    def _pinyin_map(self) -> dict[str, list[str]]:
+        m: dict[str, list[str]] = {}
+        for ent in self.entries:
+            for py in ent.pinyins:
+                if py:
+                    m.setdefault(py.lower(), []).append(ent.names[0])
+        return m
+
+    def suggest(self, name: str, n: int = 5) -> list[str]:
+        """Closest names: the alias' canonical name, fuzzy matches, pinyin (typed or same-sounding)."""
+        out: list[str] = []
+        allnames = list(self.by_name)
+        out += [self.by_name[m].names[0] for m in difflib.get_close_matches(name, allnames, n, 0.5)]
+        keys = [name.lower().replace(" ", "")]
+        if any(is_han(c) for c in name):
+            try:
+                from pypinyin import lazy_pinyin
+
+                keys = ["".join(lazy_pinyin(name))]
+            except ImportError:
+                keys = []
+        for k in keys:
+            out += self._pinyin_map.get(k, [])
+            for m in difflib.get_close_matches(k, list(self._pinyin_map), n, 0.75):
+                out += self._pinyin_map[m]
+        return list(dict.fromkeys(out))[:n]
+
+    def resolve(self, name: str) -> Entry:
+        name = name.strip()
+        ent = self.by_name.get(name) or self._match_title(name) or self._pinyin_exact(name)
+        if ent is None:
+            raise UnknownCipaiError(name, self.suggest(name))
+        return ent
+
+    def _pinyin_exact(self, name: str) -> Entry | None:
+        key = name.lower().replace(" ", "")
+        full = [e for e in self.entries if e.pinyins and e.pinyins[-1] == key]  # `full` is last
+        hits = [self.by_name[n] for n in self._pinyin_map.get(key, [])]
+        return full[0] if full else hits[0] if len(hits) == 1 else None
+
+    def form(self, name: str, variant: int | None = None) -> Form:
+        """The form to fill: the chosen 词谱 variant, else the corpus' most common skeleton."""
+        ent = self.resolve(name)
+        key = (ent.names[0], variant)
+        if key not in self._forms:
+            self._forms[key] = self._form(ent, variant)
+        return self._forms[key]
+
+    def _form(self, ent: Entry, variant: int | None) -> Form:
+        vs = self.variants(ent)
+        sk_counts = self.corpus.skeletons(ent.titles) if self.corpus is not None else {}
+        title = max(ent.titles, key=lambda t: len(self.corpus.by_title[t])) if ent.titles else ent.names[0]
+        if variant is not None and not 0 <= variant < len(vs):
+            raise TianciError(f"--variant {variant} is out of range: 词牌 {ent.names[0]} has "
+                              f"{len(vs)} 词谱 variant(s) (0..{len(vs) - 1})" if vs else
+                              f"--variant: 词牌 {ent.names[0]} is not in the 词谱 (its form comes from the corpus)")
+        count = self.count(ent)
+        if vs:
+            i = variant if variant is not None else self._choose(vs, sk_counts)
+            v = vs[i]
+            if v is None:
+                raise TianciError(f"词牌 {ent.names[0]}: 词谱 variant {i} is inconsistent; pick another --variant")
+            return Form(ent.names[0], title, "词谱", i, len(vs), v.lines, v.tones, v.rhyme, v.example, count)
+        if not sk_counts:
+            raise TianciError(f"词牌 {ent.names[0]}: no 词谱 pattern and no well-formed poem in the corpus")
+        sk = max(sk_counts, key=lambda s: (sk_counts[s], -len(s)))
+        texts = [self.corpus.poems[i].paragraphs for t in ent.titles for i in self.corpus.by_title[t]]
+        from .cipai_corpus import skeleton
+
+        texts = [p for p in texts if skeleton(p) == sk]
+        tones, rhyme = infer_form_marks(sk, texts, self.phon)
+        example = "".join(texts[0]) if texts else ""
+        return Form(ent.names[0], title, "corpus", None, 0, sk, tones, rhyme, example, count)
+
+    @staticmethod
+    def _choose(vs: list[Variant], sk_counts) -> int:
+        """The variant matching the most common corpus skeleton exactly, else its paragraph lengths,
+        else its length; else the first (the 词谱's 正体)."""
+        first = next((i for i, v in enumerate(vs) if v is not None), None)
+        if first is None:
+            raise TianciError("every 词谱 variant of this 词牌 is inconsistent (ge_lyu_str vs ci_sep)")
+        if not sk_counts:
+            return first
+        strip = lambda lines: tuple(s.count("*") for s in lines)  # noqa: E731
+        for sk, _ in sorted(sk_counts.items(), key=lambda kv: -kv[1])[:3]:
+            for key in (lambda x: x, strip, lambda x: sum(strip(x))):
+                for i, v in enumerate(vs):
+                    if v is not None and key(v.lines) == key(sk):
+                        return i
+        return first
+
+    def listing(self) -> list[tuple[str, list[str], str, int]]:
+        """(name, aliases, "词谱" or "corpus", corpus count), most common first."""
+        rows = [(e.names[0], e.names[1:], "词谱" if e.idx is not None else "corpus", self.count(e))
+                for e in self.entries]
+        return sorted(rows, key=lambda r: (-r[3], r[0]))
+
+
+def render(form: Form) -> str:
+    """○ 平, ● 仄, ◐ 中; a rhyme slot is followed by its group letter (A, B … for rhyme changes)."""
+    sym = {"平": "○", "仄": "●", ZHONG: "◐"}
+    out = []
+    for line, cells in _by_line(form):
+        s = ""
+        for kind, v in cells:
+            if kind == "c":
+                s += sym[form.tones[v]] + (chr(ord("A") + form.rhyme[v]) if form.rhyme[v] >= 0 else "")
+            else:
+                s += v
+        out.append(s)
+    return "\n".join(out)
+
+
+def _by_line(form: Form):
+    cells = form.cells()
+    line: list = []
+    for c in cells:
+        if c[0] == "n":
+            yield len(line), line
+            line = []
+        else:
+            line.append(c)
+
+
+def rhyme_group_count(form: Form) -> int:
+    return max(form.rhyme, default=-1) + 1
+
+
+
+def data_dir_of_run(run_dir) -> str | None:
+    """The data directory a GPT run was trained on (config.json's data.dir), if it still exists."""
+    import json
+    from pathlib import Path
+
+    try:
+        d = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))["data"]["dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return d if (Path(d) / "poems.jsonl").is_file() else None
+
+
+def open_cipu(source=None, data=None, rhyme_source=None, run_dir=None) -> CiPu:
+    """词谱 + phonology + corpus statistics. `data`: poems.jsonl, its directory or a chinese-poetry
+    directory; default: the run's data directory, else ./data/ci when it was prepared there."""
+    from pathlib import Path
+
+    from .cipai_corpus import load_corpus
+    from .tones import load_phonology
+
+    if data is None and run_dir is not None:
+        data = data_dir_of_run(run_dir)
+    if data is None and (Path("data/ci") / "poems.jsonl").is_file():
+        data = "data/ci"
+    phon = load_phonology(rhyme_source)
+    return CiPu.load(source, load_corpus(data), phon)

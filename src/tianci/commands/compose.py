@@ -1,0 +1,62 @@
+"""`tianci compose --run DIR --cipai 浣溪沙`: a ci with guaranteed form, tone and rhyme, streamed."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import TianciError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--run", required=True, help="run directory (a GPT trained with the char tokenizer)")
+    p.add_argument("--cipai", required=True, help="词牌 name, alias or pinyin (see `tianci cipai --list`)")
+    p.add_argument("--start", default=None, help="opening characters (checked against the pattern)")
+    p.add_argument("--acrostic", default=None, help="藏头: the first character of each line (or clause)")
+    p.add_argument("--author", default=None, help="author name in the prompt (default: the model writes one)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--variant", type=int, default=None, help="词谱 variant index (see `tianci cipai NAME`)")
+    p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
+    p.add_argument("--rhyme-source", default=None, help="rhyme tables (default TIANCI_RHYME_SOURCE)")
+    p.add_argument("--data", default=None, help="poems.jsonl / data directory for corpus skeletons "
+                   "(default: the run's data directory)")
+    p.add_argument("--which", choices=["best", "latest"], default="best")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args) -> int:
+    from ..checkpoint import load_run
+    from ..cipai import open_cipu
+    from ..compose import compose
+
+    if not 1 <= args.num_samples <= 64:
+        raise TianciError(f"--num-samples {args.num_samples} is out of range 1..64")
+    if not 0 <= args.temperature <= 10:
+        raise TianciError(f"--temperature {args.temperature} is out of range 0..10")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise TianciError(f"--top-p {args.top_p} is out of range (0, 1]")
+    cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
+    form = cp.form(args.cipai, args.variant)
+    r = load_run(args.run, device=args.device, which=args.which)
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        sys.stdout.write(f"{form.title} " + (f"{args.author}\n" if args.author else ""))
+        sys.stdout.flush()
+
+        def emit(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        res = compose(r.model, r.tokenizer, form, start=args.start, acrostic=args.acrostic,
+                      temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                      seed=None if args.seed is None else args.seed + i, author=args.author,
+                      on_text=emit, cipu=cp, phon=cp.phon)
+        which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
+        note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"
+        note += f"; {len(res.backoffs)} backoff(s): " + "; ".join(map(str, res.backoffs[:5])) if res.backoffs else ""
+        print(note + "]", file=sys.stderr)
+    return 0

@@ -1,0 +1,52 @@
+"""`tianci prepare`: build the ci corpus and encode it to train.bin/val.bin (see tianci.corpus)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ..corpus import Corpus, build, default_source, load_poems, load_texts
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--source", default=None,
+                   help="local chinese-poetry directory or base URL (default: $TIANCI_POETRY_SOURCE, "
+                        "else the upstream GitHub raw files)")
+    p.add_argument("--text", nargs="+", metavar="FILE", default=None,
+                   help="use these UTF-8 text files as the corpus instead (documents = blank-line blocks)")
+    p.add_argument("--out", default="data/ci", help="data directory to write (default data/ci)")
+    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
+    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default 8192)")
+    p.add_argument("--split", choices=("poem", "tail"), default="poem",
+                   help="poem: seeded shuffle of whole poems (default); tail: the tutorial's last part")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty directory that is not a tianci data directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    t0 = time.time()
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.text:
+        corpus = Corpus(docs=load_texts(args.text), source=" ".join(args.text))
+    else:
+        source = args.source or default_source()
+        skipped: list[str] = []
+        poems = load_poems(source, skipped=skipped, progress=not args.quiet)
+        corpus = Corpus([p.text() for p in poems], source, poems, skipped)
+        for s in skipped[:10]:
+            print(f"skipped {s}", file=sys.stderr)
+        if len(skipped) > 10:
+            print(f"... and {len(skipped) - 10} more skipped", file=sys.stderr)
+    meta = build(corpus, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size, split=args.split,
+                 val_fraction=args.val_fraction, seed=args.seed, force=args.force, progress=progress)
+    chars = meta["train_chars"] + meta["val_chars"]
+    print(f"poems {meta['n_poems']:,} (train {meta['n_train']:,}, val {meta['n_val']:,}; "
+          f"skipped {meta['skipped']['no_paragraphs']})  chars {chars:,}  "
+          f"vocab {meta['vocab_size']:,} ({meta['tokenizer']})")
+    print(f"split {meta['split']}: train {meta['train_tokens']:,} tokens / {meta['train_chars']:,} chars, "
+          f"val {meta['val_tokens']:,} tokens / {meta['val_chars']:,} chars  ({meta['dtype']})")
+    print(f"wrote {args.out}/ (ci.txt, train.bin, val.bin, tokenizer.json, meta.json) in {time.time() - t0:.1f}s")
+    return 0

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import sys
+
+from ..errors import TianciError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new poem)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop-at-end", action="store_true", help="stop each sample at the end of its poem")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (as the tutorial)")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="which weights to load")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args) -> int:
+    from ..checkpoint import read_config
+
+    if args.num_samples < 1 or args.num_samples > 64:
+        raise TianciError(f"--num-samples {args.num_samples} is out of range 1..64")
+    cfg = read_config(args.run)
+    if cfg.get("kind") == "ngram":
+        from ..ngram import sample_run
+        for i, text in enumerate(sample_run(args.run, args.prompt, args.max_new_tokens, args.temperature,
+                                            args.seed, args.num_samples)):
+            print(f"--- sample {i + 1}\n{args.prompt}{text}")
+        return 0
+    from ..checkpoint import load_run
+    from ..generate import SampleOptions, stream
+
+    r = load_run(args.run, device=args.device, which=args.which)
+    opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, seed=args.seed, stop_at_end=args.stop_at_end,
+                         use_cache=not args.no_cache)
+    for i in range(args.num_samples):  # one at a time so the terminal streams each poem in order
+        if opts.seed is not None:
+            opts.seed = args.seed + i
+        print(f"--- sample {i + 1}")
+        sys.stdout.write(args.prompt)
+        for ev in stream(r.model, r.tokenizer, args.prompt, 1, opts):
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+        print()
+    return 0

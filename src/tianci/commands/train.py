@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..config import add_config_flags, apply_overrides, from_dict, load_preset
+from ..errors import TianciError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", default="ci-cpu", help="preset name or path to a .toml (see `tianci presets`)")
+    p.add_argument("--data", default=os.environ.get("TIANCI_DATA", "data/ci"),
+                   help="prepared data directory (from `tianci prepare`)")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="with --out: delete an existing run there and start over")
+    add_config_flags(p)
+
+
+def run(args) -> int:
+    from ..checkpoint import read_config
+    from ..train import train
+
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise TianciError("give either --out (new run) or --resume RUN_DIR, not both")
+        saved = read_config(args.resume)
+        if saved.get("kind") != "gpt":
+            raise TianciError(f"--resume {args.resume}: only GPT runs resume (the counting model trains in seconds)")
+        preset = from_dict(saved["preset"])
+        model_flags = [k for k, v in vars(args).items() if k.startswith("cfg_model__") and v is not None]
+        if model_flags:
+            raise TianciError(f"--resume: model flags cannot change on resume ({', '.join(model_flags)})")
+        preset = apply_overrides(preset, args)
+        data = args.data if "--data" in sys.argv else saved["data"].get("dir", args.data)
+        result = train(preset, data, args.resume, resume=True)
+    else:
+        if not args.out:
+            raise TianciError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        preset = apply_overrides(load_preset(args.preset), args)
+        result = train(preset, args.data, args.out, force=args.force)
+    print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}))
+    return 0

@@ -1,0 +1,381 @@
+"""填词 by constrained decoding: the model supplies fluency, the decoder guarantees form, tone and rhyme.
+
+The prompt is the corpus format: "\\n\\n" then the title line `词牌 作者`. With no author given the
+model writes one (1–4 Han characters, then a newline). Then every token is one cell of the form
+(`Form.cells()`): a character slot, a punctuation mark or a paragraph's newline. A `logits_hook`
+masks the logits of each row before `tianci.generate.generate` samples:
+
+  character slot  Han characters of the vocabulary whose tone fits (平: 平 or either-tone chars,
+                  仄: 仄 ones, 中: any Han); a rhyme slot also needs a reading in the rhyme group
+                  (词林正韵 部) chosen at the group's first rhyme, and no character already used as a
+                  rhyme of that group; the first rhyme may take any 部 the vocabulary can continue.
+  punctuation     the pattern's marks (，/、 inside a paragraph, 。 at its end)
+  newline         "\\n" exactly where a paragraph ends; the poem ends after the last one.
+
+Because generate() is lazy, the consumer sees token t (and updates the rhyme state) before the hook
+is called for step t+1. Polyphonic rhymes keep every 部 they could belong to; the set narrows as
+more rhymes are written. When the constraints leave nothing (tiny vocabularies), the decoder backs
+off in order — allow a repeated rhyme, relax the tone, relax the rhyme, any Han character — and
+reports each backoff; it never hangs. Masks are boolean tensors built once per (tokenizer, form).
+Only character-level tokenizers are supported: a BPE token spans several slots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .cipai import CiPu, Form, allowed_marks
+from .errors import TianciError
+from .tones import PING, ZE, ZHONG, Phonology, bu_name, is_han, load_phonology
+
+AUTHOR_MAX = 4  # characters the model may write as the author's name
+TONE_INDEX = {PING: 0, ZE: 1, ZHONG: 2}
+
+
+@dataclass
+class Backoff:
+    sample: int
+    line: int  # 1-based paragraph
+    char: int  # 1-based character in the paragraph
+    relaxed: str  # "repeat rhyme" | "tone" | "rhyme" | "tone+rhyme" | "everything"
+
+    def __str__(self) -> str:
+        return f"sample {self.sample}: line {self.line} char {self.char}: relaxed {self.relaxed}"
+
+
+@dataclass
+class ComposeResult:
+    text: str  # the poem: paragraphs joined by "\n"
+    lines: list[str]
+    title: str
+    author: str
+    form: Form
+    rhyme: list[str]  # per rhyme group: the 部 used ("第七部", "第一部/第二部" when still ambiguous)
+    backoffs: list[Backoff] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated ids (author, if written, then poem)
+    seconds: float = 0.0
+
+    @property
+    def variant(self) -> int | None:
+        return self.form.variant
+
+    def full_text(self) -> str:
+        return f"{self.title} {self.author}\n{self.text}"
+
+
+class VocabTables:
+    """Per tokenizer × phonology: which ids are Han, 平-able, 仄-able, in each 部 (per tone)."""
+
+    def __init__(self, tokenizer, phon: Phonology):
+        if getattr(tokenizer, "kind", "char") != "char":
+            raise TianciError(f"compose needs a character-level tokenizer (this run's is "
+                              f"{tokenizer.kind!r}): one BPE token can span several slots of the "
+                              f"pattern; train with tokenizer=char")
+        self.tok, self.phon = tokenizer, phon
+        self.texts = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
+        self.stoi = {t: i for i, t in enumerate(self.texts)}
+        V = len(self.texts)
+        self.han = torch.zeros(V, dtype=torch.bool)
+        self.tone = torch.zeros(3, V, dtype=torch.bool)  # 平-able, 仄-able, any
+        self.bu = torch.zeros(3, 20, V, dtype=torch.bool)  # [tone, 部] (部 0 unused)
+        for i, t in enumerate(self.texts):
+            if not is_han(t):
+                continue
+            self.han[i] = True
+            self.tone[2, i] = True
+            for tone, b in phon.lookup(t):
+                self.tone[TONE_INDEX[tone], i] = True
+                if b:
+                    self.bu[TONE_INDEX[tone], b, i] = True
+                    self.bu[2, b, i] = True
+        if not self.han.any():
+            raise TianciError("the tokenizer's vocabulary has no Han character: nothing to compose with")
+        self.any_bu = self.bu.any(dim=1)  # (3, V): has some rhyme group in that tone
+
+    def one_hot(self, chars: str) -> torch.Tensor:
+        m = torch.zeros(len(self.texts), dtype=torch.bool)
+        for ch in chars:
+            if ch in self.stoi:
+                m[self.stoi[ch]] = True
+        return m
+
+
+class FormMasks:
+    """The per-cell masks of one form over one vocabulary: (cells, V) booleans, built once."""
+
+    def __init__(self, form: Form, vt: VocabTables):
+        self.form, self.vt = form, vt
+        self.cells = form.cells()
+        self.strict = torch.zeros(len(self.cells), len(vt.texts), dtype=torch.bool)
+        self.tone_only = torch.zeros_like(self.strict)
+        for j, (kind, v) in enumerate(self.cells):
+            if kind == "c":
+                t = TONE_INDEX[form.tones[v]]
+                self.tone_only[j] = vt.tone[t]
+                self.strict[j] = vt.tone[t] & vt.any_bu[t] if form.rhyme[v] >= 0 else vt.tone[t]
+            else:
+                m = vt.one_hot(allowed_marks(v) if kind == "p" else "\n")
+                if not m.any():
+                    want = "the newline" if kind == "n" else " or ".join(allowed_marks(v))
+                    raise TianciError(f"the vocabulary lacks {want}: the form of {form.name} "
+                                      f"cannot be written with this tokenizer")
+                self.strict[j] = self.tone_only[j] = m
+        self.newline = vt.one_hot("\n")
+
+
+_VOCAB_CACHE: dict[tuple[int, int], VocabTables] = {}
+_FORM_CACHE: dict[tuple[int, Form], FormMasks] = {}
+
+
+def form_masks(tokenizer, form: Form, phon: Phonology) -> FormMasks:
+    key = (id(tokenizer), id(phon))
+    vt = _VOCAB_CACHE.get(key)
+    if vt is None or vt.tok is not tokenizer or vt.phon is not phon:
+        vt = _VOCAB_CACHE[key] = VocabTables(tokenizer, phon)
+    fm = _FORM_CACHE.get((id(vt), form))
+    if fm is None or fm.vt is not vt:
+        if len(_FORM_CACHE) > 64:
+            _FORM_CACHE.clear()
+        fm = _FORM_CACHE[(id(vt), form)] = FormMasks(form, vt)
+    return fm
+
+
+def _forced(form: Form, vt: VocabTables, start: str | None, acrostic: str | None) -> dict[int, int]:
+    """cell index -> token id fixed by --start / --acrostic, checked against the pattern."""
+    cells = form.cells()
+    fixed: dict[int, str] = {}
+    if start:
+        j = 0
+        for n, ch in enumerate(start, 1):
+            while j < len(cells) and is_han(ch) and cells[j][0] != "c":
+                j += 1  # the user types characters only: skip the pattern's punctuation
+            if j >= len(cells):
+                raise TianciError(f"--start {start!r} is longer than the whole {form.name} "
+                                  f"({form.n_chars} characters)")
+            kind, v = cells[j]
+            if kind != "c" and ch not in (allowed_marks(v) if kind == "p" else "\n"):
+                raise TianciError(f"--start {start!r}: character {n} {ch!r} stands where the pattern "
+                                  f"puts {v!r}")
+            if kind == "c" and not is_han(ch):
+                raise TianciError(f"--start {start!r}: {ch!r} (character {n}) stands at a character slot")
+            fixed[j] = ch
+            j += 1
+    if acrostic:
+        heads = form.line_starts()
+        if len(acrostic) != len(heads):
+            clauses = form.line_starts(clauses=True)
+            if len(acrostic) != len(clauses):
+                raise TianciError(f"--acrostic {acrostic!r} has {len(acrostic)} characters but "
+                                  f"{form.name} has {len(heads)} lines ({len(clauses)} clauses)")
+            heads = clauses
+        cell_of = {v: j for j, (k, v) in enumerate(cells) if k == "c"}
+        for n, (slot, ch) in enumerate(zip(heads, acrostic), 1):
+            j = cell_of[slot]
+            if j in fixed and fixed[j] != ch:
+                raise TianciError(f"--acrostic character {n} {ch!r} conflicts with --start, which puts "
+                                  f"{fixed[j]!r} there")
+            fixed[j] = ch
+    out: dict[int, int] = {}
+    bus: dict[int, set[int]] = {}
+    for j, ch in sorted(fixed.items()):
+        if ch not in vt.stoi:
+            raise TianciError(f"{ch!r} is not in the model's vocabulary: it cannot be written")
+        kind, v = cells[j]
+        if kind == "c":
+            line, pos = _where(form, v)
+            tone = form.tones[v]
+            if not vt.phon.fits(ch, tone):
+                known = "/".join(sorted(vt.phon.tones(ch))) or "unknown"
+                raise TianciError(f"{ch!r} (tone {known}) breaks the pattern: line {line} character "
+                                  f"{pos} of {form.name} must be {tone}")
+            g = form.rhyme[v]
+            if g >= 0:
+                have = vt.phon.groups(ch, tone)
+                new = have & bus.get(g, have)
+                if not new:
+                    raise TianciError(f"{ch!r} cannot rhyme at line {line} character {pos} of "
+                                      f"{form.name}: " + ("no rhyme group is known for it" if not have
+                                                           else "it does not rhyme with the earlier rhyme"))
+                bus[g] = new
+        out[j] = vt.stoi[ch]
+    return out
+
+
+def _where(form: Form, slot: int) -> tuple[int, int]:
+    k = 0
+    for li, line in enumerate(form.lines, 1):
+        n = line.count("*")
+        if slot < k + n:
+            return li, slot - k + 1
+        k += n
+    raise AssertionError(slot)
+
+
+class _Row:
+    def __init__(self, author_phase: bool):
+        self.author = author_phase  # still writing the author's name
+        self.author_text = ""
+        self.cell = 0
+        self.bus: dict[int, set[int] | None] = {}
+        self.used: dict[int, set[int]] = {}
+        self.tokens: list[int] = []
+
+
+class ConstrainedDecoder:
+    """The state machine behind the logits hook; one _Row per sample."""
+
+    def __init__(self, fm: FormMasks, n: int, author_phase: bool, forced: dict[int, int]):
+        self.fm, self.vt, self.form = fm, fm.vt, fm.form
+        self.rows = [_Row(author_phase) for _ in range(n)]
+        self.forced = forced
+        self.backoffs: list[Backoff] = []
+
+    def done(self) -> bool:
+        return all(r.cell >= len(self.fm.cells) for r in self.rows)
+
+    def mask(self, r: int) -> torch.Tensor:
+        row, vt = self.rows[r], self.vt
+        if row.author:
+            n = len(row.author_text)
+            return vt.han if n == 0 else self.fm.newline if n >= AUTHOR_MAX else vt.han | self.fm.newline
+        if row.cell >= len(self.fm.cells):
+            return self.fm.newline  # finished rows wait for the others
+        j = row.cell
+        if j in self.forced:
+            m = torch.zeros_like(vt.han)
+            m[self.forced[j]] = True
+            return m
+        kind, slot = self.fm.cells[j]
+        strict = self.fm.strict[j]
+        if kind != "c" or self.form.rhyme[slot] < 0:
+            if strict.any():
+                return strict
+            return self._backoff(r, slot, "tone", vt.han)
+        g, t = self.form.rhyme[slot], TONE_INDEX[self.form.tones[slot]]
+        bus = row.bus.get(g)
+        rhyme = vt.bu[t, sorted(bus)].any(dim=0) if bus else vt.any_bu[t]
+        unused = torch.ones_like(vt.han)
+        if row.used.get(g):
+            unused[list(row.used[g])] = False
+        for relaxed, m in (("", strict & rhyme & unused), ("repeat rhyme", strict & rhyme),
+                           ("tone", vt.han & rhyme), ("rhyme", self.fm.tone_only[j]),
+                           ("tone+rhyme", vt.han)):
+            if m.any():
+                return self._backoff(r, slot, relaxed, m) if relaxed else m
+        raise AssertionError("VocabTables guarantees a Han character")
+
+    def _backoff(self, r: int, slot: int, relaxed: str, m: torch.Tensor) -> torch.Tensor:
+        line, pos = _where(self.form, slot)
+        self.backoffs.append(Backoff(r, line, pos, relaxed))
+        return m
+
+    def advance(self, r: int, tok: int) -> str:
+        """Record row r's sampled token; return the text it adds (for streaming)."""
+        row, vt = self.rows[r], self.vt
+        text = vt.texts[tok]
+        if row.author:
+            if text == "\n":
+                row.author = False
+            else:
+                row.author_text += text
+            row.tokens.append(tok)
+            return text
+        if row.cell >= len(self.fm.cells):
+            return ""
+        kind, slot = self.fm.cells[row.cell]
+        if kind == "c" and self.form.rhyme[slot] >= 0:
+            g = self.form.rhyme[slot]
+            have = vt.phon.groups(text, self.form.tones[slot])
+            old = row.bus.get(g)
+            new = have if old is None else have & old
+            if new:
+                row.bus[g] = new
+            row.used.setdefault(g, set()).add(tok)
+        row.cell += 1
+        row.tokens.append(tok)
+        return text
+
+    def hook(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        allowed = torch.stack([self.mask(r) for r in range(len(self.rows))]).to(logits.device)
+        return logits.masked_fill(~allowed, float("-inf"))
+
+
+def _encode_loose(vt: VocabTables, text: str) -> list[int]:
+    """The prompt's characters the vocabulary has (a title character it lacks is just dropped)."""
+    return [vt.stoi[c] for c in text if c in vt.stoi]
+
+
+def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str | None = None,
+                  acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
+                  top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
+                  on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
+                  variant: int | None = None) -> list[ComposeResult]:
+    """`n` poems to one form, decoded together as one batch. See `compose`."""
+    from .generate import generate
+
+    t0 = time.perf_counter()
+    if n < 1:
+        raise TianciError(f"number of samples must be >= 1 (got {n})")
+    phon = phon or (cipu.phon if cipu is not None and cipu.phon is not None else None) or load_phonology()
+    if isinstance(cipai, Form):
+        form = cipai
+    else:
+        form = (cipu or CiPu.load(phon=phon)).form(cipai, variant)
+    fm = form_masks(tokenizer, form, phon)
+    forced = _forced(form, fm.vt, start, acrostic)
+    author = author.strip() if author else None
+    prompt = f"\n\n{form.title} " + (f"{author}\n" if author else "")
+    ids = _encode_loose(fm.vt, prompt)
+    dec = ConstrainedDecoder(fm, n, author is None, forced)
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
+    idx = torch.tensor([ids] * n, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()  # nondeterministic, without touching the global RNG
+    else:
+        gen.manual_seed(seed)
+    steps = len(fm.cells) + (AUTHOR_MAX + 1 if author is None else 0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for tok in generate(model, idx, steps, temperature=temperature, top_k=top_k, top_p=top_p,
+                                generator=gen, logits_hook=dec.hook):
+                for r, t in enumerate(tok.tolist()):
+                    piece = dec.advance(r, t)
+                    if r == 0 and on_text is not None and piece:
+                        on_text(piece)
+                if dec.done():
+                    break
+    finally:
+        model.train(was_training)
+    assert dec.done(), "the step budget covers every cell"
+    out = []
+    n_groups = max(form.rhyme, default=-1) + 1
+    for r, row in enumerate(dec.rows):
+        body = row.tokens[len(row.tokens) - len(fm.cells):]
+        text = "".join(fm.vt.texts[t] for t in body).rstrip("\n")
+        rhyme = ["/".join(bu_name(b) for b in sorted(row.bus[g])) if row.bus.get(g) else "-"
+                 for g in range(n_groups)]
+        out.append(ComposeResult(text, text.split("\n"), form.title, author or row.author_text, form,
+                                 rhyme, [b for b in dec.backoffs if b.sample == r], row.tokens,
+                                 time.perf_counter() - t0))
+    return out
+
+
+def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
+            acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
+            top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
+            on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
+            variant: int | None = None) -> ComposeResult:
+    """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
+
+    start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
+    author: written into the prompt (None: the model writes one). on_text(str) receives the text as
+    it is decoded. cipu/phon default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE (else upstream)."""
+    return compose_batch(model, tokenizer, cipai, 1, start=start, acrostic=acrostic,
+                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, author=author,
+                         on_text=on_text, cipu=cipu, phon=phon, variant=variant)[0]

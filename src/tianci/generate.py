@@ -1,0 +1,210 @@
+"""Sampling: one function (`generate`) that the CLI, the composer, the server and the tests share.
+
+`generate` is a lazy generator: it yields the next token of every row, one step at a time, so a
+caller can stream text, stop early, or (the composer) look at token t before masking step t+1.
+With the KV cache each step costs one token's forward pass; without it, the whole (cropped)
+context is recomputed every step, as in the tutorial. Both give the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch.nn import functional as F
+
+from .errors import TianciError
+
+POEM_END = "\n\n"  # the corpus separates poems with a blank line
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """(B, V) logits -> logits with the excluded tokens at -inf. temperature == 0 is greedy."""
+    if temperature <= 0:
+        keep = logits == logits.max(dim=-1, keepdim=True).values
+        # ties: keep only the first maximum so greedy decoding is deterministic
+        first = keep.float().argmax(dim=-1, keepdim=True)
+        out = torch.full_like(logits, float("-inf"))
+        return out.scatter(-1, first, 0.0)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already cover top_p of the mass
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+@torch.no_grad()
+def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None,
+             generator: torch.Generator | None = None,
+             logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+             use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield the next token id of every row, (B,), for up to max_new_tokens steps.
+
+    idx (B, T) is the prompt. Prompts longer than the context keep their last block_size tokens.
+    logits_hook(logits (B, V) float32, step) may mask tokens (-inf) before sampling."""
+    block = model.config.block_size if hasattr(model, "config") else None
+    use_cache = use_cache and hasattr(model, "new_kv_cache") and block is not None
+    cache = model.new_kv_cache(idx.size(0)) if use_cache else None
+    seq = idx
+    new = None
+    for step in range(max_new_tokens):
+        if cache is None:
+            ctx = seq if block is None else seq[:, -block:]
+            logits, _ = model(ctx)
+        elif new is None or cache.pos >= block:
+            # first step, or the cache is full: (re)fill it from the last block tokens, exactly
+            # the context the no-cache path sees (past the context length each step is a prefill).
+            cache.reset()
+            logits, _ = model(seq[:, -block:], kv_cache=cache)
+        else:
+            logits, _ = model(new[:, None], kv_cache=cache)
+        logits = logits[:, -1, :].float()
+        if logits_hook is not None:
+            logits = logits_hook(logits, step)
+        logits = filter_logits(logits, temperature, top_k, top_p)
+        if temperature <= 0:
+            new = logits.argmax(dim=-1)
+        else:
+            new = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+        seq = torch.cat([seq[:, -(block or seq.size(1)) + 1:] if block else seq, new[:, None]], dim=1)
+        yield new
+
+
+# ----------------------------------------------------------------------------- text level
+
+@dataclass
+class SampleOptions:
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_at_end: bool = False  # stop a sample at the end of a poem (a blank line)
+    stop: tuple[str, ...] = ()
+    use_cache: bool = True
+
+    def validate(self) -> "SampleOptions":
+        if not 0 <= self.max_new_tokens <= 100_000:
+            raise TianciError(f"max_new_tokens={self.max_new_tokens} is out of range 0..100000")
+        if not 0 <= self.temperature <= 10:
+            raise TianciError(f"temperature={self.temperature} is out of range 0..10")
+        if self.top_k is not None and self.top_k < 0:
+            raise TianciError(f"top_k={self.top_k} must be >= 0 (0 = off)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise TianciError(f"top_p={self.top_p} is out of range (0, 1]")
+        return self
+
+
+@dataclass
+class Event:
+    index: int  # which sample
+    text: str  # new text (may be "" when a token completes no character yet)
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length"
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt)
+    if not ids:  # an empty prompt starts where a poem starts: after a blank line
+        try:
+            ids = tokenizer.encode(POEM_END)
+        except TianciError:
+            ids = [0]
+    return ids
+
+
+def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None = None,
+           device=None, usage: dict | None = None) -> Iterator[Event]:
+    """Sample n continuations of prompt; yield text pieces as they are decoded. `usage`, if given,
+    is filled with prompt_tokens / completion_tokens."""
+    from .tokenizer import StreamDecoder
+
+    opts = (opts or SampleOptions()).validate()
+    device = device or next(model.parameters()).device
+    ids = encode_prompt(tokenizer, prompt)
+    idx = torch.tensor([ids] * n, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(opts.seed if opts.seed is not None else torch.seed() % (2**63))
+    decoders = [StreamDecoder(tokenizer) for _ in range(n)]
+    texts = [""] * n
+    done = [False] * n
+    counts = [0] * n
+    stops = list(opts.stop) + ([POEM_END] if opts.stop_at_end else [])
+    if usage is not None:
+        usage.update(prompt_tokens=len(ids) * n, completion_tokens=0)
+    was_training = model.training
+    model.eval()
+    try:
+        for tok in generate(model, idx, opts.max_new_tokens, temperature=opts.temperature,
+                            top_k=opts.top_k, top_p=opts.top_p, generator=gen,
+                            use_cache=opts.use_cache):
+            for i in range(n):
+                if done[i]:
+                    continue
+                counts[i] += 1
+                piece = decoders[i].push(int(tok[i]))
+                if not piece:
+                    continue
+                before = len(texts[i])
+                texts[i] += piece
+                hit = _first_stop(texts[i], stops, before)
+                if hit is not None:
+                    piece = texts[i][before:hit]
+                    texts[i] = texts[i][:hit]
+                    done[i] = True
+                    yield Event(i, piece, True, "stop")
+                else:
+                    yield Event(i, piece)
+            if usage is not None:
+                usage["completion_tokens"] = sum(counts)
+                usage["completion_tokens_each"] = list(counts)
+            if all(done):
+                break
+    finally:
+        model.train(was_training)
+    for i in range(n):
+        if not done[i]:
+            tail = decoders[i].flush()
+            texts[i] += tail
+            yield Event(i, tail, True, "length")
+
+
+def _first_stop(text: str, stops: list[str], before: int) -> int | None:
+    """Index where the earliest stop string starts, searching only what the new piece could complete."""
+    best = None
+    for s in stops:
+        j = text.find(s, max(0, before - len(s) + 1))
+        if j >= 0 and (best is None or j < best):
+            best = j
+    return best
+
+
+def complete(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None = None,
+             device=None) -> list[Completion]:
+    texts, reasons = [""] * n, ["length"] * n
+    usage: dict = {}
+    for ev in stream(model, tokenizer, prompt, n, opts, device, usage):
+        texts[ev.index] += ev.text
+        if ev.finished:
+            reasons[ev.index] = ev.finish_reason or "length"
+    each = usage.get("completion_tokens_each", [0] * n)
+    ptoks = usage.get("prompt_tokens", 0) // max(n, 1)
+    return [Completion(t, r, ptoks, c) for t, r, c in zip(texts, reasons, each)]

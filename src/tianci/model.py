@@ -1,0 +1,309 @@
+"""The GPT: one class whose config switches reproduce every rung of the tutorial's ladder.
+
+bigram -> +position -> +self-attention -> +multi-head -> +feed-forward -> +blocks -> +residual
+-> +projection -> +layernorm -> +dropout (see GPTConfig). Two attention implementations compute
+the same function: the tutorial's readable loop (one `Head` module per head) and a fused QKV
+projection + `F.scaled_dot_product_attention`. Modern options (RoPE, RMSNorm, QK-norm, ReLU^2 /
+SwiGLU, tied embeddings, zero-init projections, logit soft-capping) are switches too.
+
+Every model honours one contract: forward(idx, targets=None) -> (logits, loss).
+Shapes: B = batch, T = time (tokens), C = n_embd, V = vocab, nh = heads, hs = head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from .config import GPTConfig
+from .losses import linear_cross_entropy
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: decoding writes in place, never torch.cat."""
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        shape = (cfg.n_layer, batch_size, cfg.heads, cfg.block_size, cfg.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions already cached
+        self.max_len = cfg.block_size
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+def _rope(x: torch.Tensor, pos0: int) -> torch.Tensor:
+    """Rotary position embedding on (..., T, hs): rotate pairs of channels by position-dependent
+    angles, so q.k depends only on the distance between tokens."""
+    T, hs = x.shape[-2], x.shape[-1]
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))
+    t = torch.arange(pos0, pos0 + T, device=x.device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # (T, hs/2)
+    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+def _causal_mask(T: int, L: int, pos0: int, device) -> torch.Tensor:
+    """(T, L) boolean: query i (absolute position pos0+i) may see key j iff j <= pos0+i."""
+    return torch.ones(T, L, dtype=torch.bool, device=device).tril(diagonal=pos0)
+
+
+def _qk_prepare(q, k, cfg: GPTConfig, pos0: int):
+    if cfg.qk_norm:  # normalise queries and keys so attention logits cannot blow up
+        q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+    if cfg.pos == "rope":
+        q, k = _rope(q, pos0), _rope(k, pos0)
+    return q, k
+
+
+class Head(nn.Module):
+    """One head of self-attention, written out as in the tutorial."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg, hs = cfg, cfg.head_size
+        self.key = nn.Linear(cfg.n_embd, hs, bias=False)
+        self.query = nn.Linear(cfg.n_embd, hs, bias=False)
+        self.value = nn.Linear(cfg.n_embd, hs, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, kv=None, pos0=0):
+        B, T, C = x.shape
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, hs) each
+        q, k = _qk_prepare(q, k, self.cfg, pos0)
+        if kv is not None:  # kv: this head's (B, max_len, hs) cache views
+            kv[0][:, pos0:pos0 + T] = k
+            kv[1][:, pos0:pos0 + T] = v
+            k, v = kv[0][:, :pos0 + T], kv[1][:, :pos0 + T]
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, L): how much each token attends to each
+        wei = wei.masked_fill(~_causal_mask(T, k.shape[1], pos0, x.device), float("-inf"))
+        wei = self.dropout(F.softmax(wei, dim=-1))
+        return wei @ v  # (B, T, hs)
+
+
+class LoopAttention(nn.Module):
+    """Multi-head attention as the tutorial writes it: run each Head, concatenate (one head when attn="single")."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.heads = nn.ModuleList(Head(cfg) for _ in range(cfg.heads))
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.proj else None
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
+
+    def forward(self, x, kv=None, pos0=0):
+        out = torch.cat([h(x, None if kv is None else (kv[0][:, i], kv[1][:, i]), pos0)
+                         for i, h in enumerate(self.heads)], dim=-1)  # (B, T, C)
+        if self.c_proj is not None:
+            out = self.c_proj(out)
+        return self.dropout(out)
+
+
+class FusedAttention(nn.Module):
+    """The same function with one QKV matmul and PyTorch's fused scaled_dot_product_attention."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.proj else None
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
+
+    def forward(self, x, kv=None, pos0=0):
+        B, T, C = x.shape
+        nh = self.cfg.heads
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k = _qk_prepare(q, k, self.cfg, pos0)
+        if kv is not None:  # kv: this layer's (B, nh, max_len, hs) caches
+            kv[0][:, :, pos0:pos0 + T] = k
+            kv[1][:, :, pos0:pos0 + T] = v
+            k, v = kv[0][:, :, :pos0 + T], kv[1][:, :, :pos0 + T]
+        p = self.cfg.dropout if self.training else 0.0
+        if pos0 == 0 or T == 1:  # plain causal (prefill) or one new query seeing every cached key
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=T > 1)
+        else:
+            mask = _causal_mask(T, k.shape[2], pos0, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        if self.c_proj is not None:
+            y = self.c_proj(y)
+        return self.dropout(y)
+
+
+class MLP(nn.Module):
+    """Feed-forward. Before the +projection rung it is the tutorial's Linear(C, C) + ReLU;
+    with it, the 4x-wide expansion and a projection back (GPT-2)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.act = cfg.mlp_act
+        hidden = cfg.mlp_ratio * cfg.n_embd if cfg.proj else cfg.n_embd
+        if self.act == "swiglu":  # keep parameters ~equal to a ratio-r MLP
+            hidden = max(8, int(2 * hidden / 3) // 8 * 8)
+            self.c_gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias) if cfg.proj else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.act == "relu":
+            h = F.relu(h)
+        elif self.act == "gelu":
+            h = F.gelu(h)
+        elif self.act == "relu2":  # ReLU squared (modded-nanogpt): cheap and a little better than GELU
+            h = F.relu(h).square()
+        else:
+            h = F.silu(self.c_gate(x)) * h
+        if self.c_proj is not None:
+            h = self.c_proj(h)
+        return self.dropout(h)
+
+
+def _norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd)
+    return nn.Identity()
+
+
+class Block(nn.Module):
+    """Attention (tokens talk to each other) then MLP (each token thinks on its own)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.residual = cfg.residual
+        self.ln_1 = _norm(cfg) if cfg.attn != "none" else None
+        self.attn = None
+        if cfg.attn != "none":
+            self.attn = (LoopAttention if cfg.attn_impl == "loop" else FusedAttention)(cfg)
+        self.ln_2 = _norm(cfg) if cfg.mlp else None
+        self.mlp = MLP(cfg) if cfg.mlp else None
+
+    def forward(self, x, kv=None, pos0=0):
+        if self.attn is not None:
+            a = self.attn(self.ln_1(x), kv, pos0)
+            x = x + a if self.residual else a  # residual: gradients flow straight down the stack
+        if self.mlp is not None:
+            m = self.mlp(self.ln_2(x))
+            x = x + m if self.residual else m
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size < 1:
+            raise ValueError("GPTConfig.vocab_size must be set (from the tokenizer) before building a GPT")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        has_block = cfg.attn != "none" or cfg.mlp
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer if has_block else 0))
+        self.ln_f = _norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one matrix both reads and writes tokens
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                if cfg.zero_init_proj:  # each block starts as the identity: easier early optimisation
+                    nn.init.zeros_(p)
+                else:  # GPT-2: scale residual projections by depth
+                    nn.init.normal_(p, 0.0, cfg.init_std / math.sqrt(2 * max(1, cfg.n_layer)))
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, self.config.init_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, self.config.init_std)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def new_kv_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        p = self.wte.weight
+        return KVCache(self.config, batch_size, device or p.device, dtype or p.dtype)
+
+    def hidden(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) after ln_f: everything but the vocabulary projection."""
+        B, T = idx.shape
+        pos0 = kv_cache.pos if kv_cache is not None else 0
+        if pos0 + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos0 + T} tokens exceeds block_size={self.config.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))  # where each token is
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            kv = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
+            x = block(x, kv, pos0)
+        if kv_cache is not None:
+            kv_cache.pos = pos0 + T
+        return self.ln_f(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(x)
+        c = self.config.logit_softcap
+        return c * torch.tanh(logits / c) if c > 0 else logits
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_logits: bool = True):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        With return_logits=False and targets given, the loss is computed chunk by chunk without
+        materialising the (B*T, V) logits (the trainer's fast path); logits is then None."""
+        x = self.hidden(idx, kv_cache)
+        if targets is None:
+            return self.logits(x), None
+        if not return_logits:
+            loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                        softcap=self.config.logit_softcap)
+            return None, loss
+        logits = self.logits(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward = 3x forward; 2 FLOPs per multiply-add),
+        counting matmuls and attention scores at full context (nanoGPT / PaLM appendix B)."""
+        cfg = self.config
+        n = sum(p.numel() for name, p in self.named_parameters()
+                if p.dim() == 2 and not name.startswith(("wte", "wpe")))
+        if cfg.tie_embeddings:
+            n += self.lm_head.weight.numel()
+        attn = 0
+        if cfg.attn != "none":
+            attn = len(self.h) * 2 * cfg.block_size * cfg.n_embd  # q.k and att.v, average ~T/2 each
+        return 6 * n + 6 * attn
+
+
+def convert_attention_state(sd: dict, cfg: GPTConfig, to: str) -> dict:
+    """Map weights between the loop ("heads.{i}.query/key/value") and fused ("c_attn") layouts,
+    so the two implementations can be compared with identical weights."""
+    out, nh, hs = dict(sd), cfg.heads, cfg.head_size
+    for i in range(cfg.n_layer):
+        p = f"h.{i}.attn."
+        if to == "sdpa" and f"{p}heads.0.query.weight" in out:
+            ws = [torch.cat([out.pop(f"{p}heads.{h}.{n}.weight") for h in range(nh)])
+                  for n in ("query", "key", "value")]
+            out[f"{p}c_attn.weight"] = torch.cat(ws)
+        elif to == "loop" and f"{p}c_attn.weight" in out:
+            q, k, v = out.pop(f"{p}c_attn.weight").split(cfg.n_embd)
+            for n, w in (("query", q), ("key", k), ("value", v)):
+                for h in range(nh):
+                    out[f"{p}heads.{h}.{n}.weight"] = w[h * hs:(h + 1) * hs].clone()
+    return out

@@ -1,0 +1,200 @@
+"""Constrained decoding (tianci.compose) and the independent checker (tianci.compose_eval)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tianci.cipai import CiPu, Form
+from tianci.compose import compose, compose_batch, form_masks
+from tianci.compose_eval import check_poem, longest_copy
+from tianci.errors import TianciError
+from tianci.tokenizer import CharTokenizer
+from tianci.tones import PING, ZE, Phonology, is_han
+
+PING_1 = "东风中空红同"  # 第一部 平
+ZE_1 = "动送梦重中"  # 第一部 仄
+PING_2 = "江窗双"  # 第二部 平
+ZE_X = "月雪国白"  # 第十七部 入
+PLAIN = "春花秋水山云"
+CILIN = {"第一部": {"平声": list(PING_1), "仄声": list(ZE_1)}, "第二部": {"平声": list(PING_2)},
+         "第十七部": {"入声": list(ZE_X)}}
+TUNES = {"春": "平", "花": "平", "秋": "平", "水": "仄", "山": "平", "云": "平"}
+PHON = Phonology.from_tables(CILIN, TUNES, use_pypinyin=False)
+ALL_HAN = sorted(set(PING_1 + ZE_1 + PING_2 + ZE_X + PLAIN))
+
+
+class TinyLM(nn.Module):
+    """Stand-in GPT honouring the model contract: forward(idx, targets=None, kv_cache=None)."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(vocab, 16)
+        self.head = nn.Linear(16, vocab)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        return self.head(self.emb(idx)), None
+
+
+def tok_of(chars) -> CharTokenizer:
+    return CharTokenizer(sorted(set(chars) | set("，、。\n 某")))
+
+
+def make_form(lines, tones, rhyme, name="测试") -> Form:
+    return Form(name, name, "词谱", 0, 1, tuple(lines), tones, tuple(rhyme))
+
+
+FORM = make_form(["*****，***。", "****。"], "中仄中平平仄平平中平平平", [-1] * 7 + [0] + [-1] * 3 + [0])
+
+
+def test_exact_form_and_rhyme():
+    """Guards: a tiny random model breaking the form, tone or rhyme when unconstrained."""
+    tok = tok_of(ALL_HAN)
+    for seed in range(5):
+        r = compose(TinyLM(tok.vocab_size, seed), tok, FORM, phon=PHON, seed=seed, author="某")
+        c = check_poem(r.text, FORM, PHON)
+        assert c.form_ok, c.problem
+        assert c.tone_hits == c.tone_total and c.rhyme_hits == c.rhyme_total and not r.backoffs
+        assert r.rhyme[0] in ("第一部", "第二部") and r.lines == r.text.split("\n")
+
+
+def test_model_writes_author():
+    """Guards: the author phase running away or leaking into the poem."""
+    tok = tok_of(ALL_HAN)
+    r = compose(TinyLM(tok.vocab_size), tok, FORM, phon=PHON, seed=3)
+    assert 1 <= len(r.author) <= 4 and all(is_han(c) for c in r.author)
+    assert check_poem(r.text, FORM, PHON).form_ok
+
+
+def test_batch_rows_independent():
+    """Guards: rhyme state shared between the rows of a batch."""
+    tok = tok_of(ALL_HAN)
+    rs = compose_batch(TinyLM(tok.vocab_size), tok, FORM, 6, phon=PHON, seed=1, temperature=2.0)
+    assert len(rs) == 6 and all(check_poem(r.text, FORM, PHON).rhyme_hits == 2 for r in rs)
+
+
+def test_start_and_acrostic():
+    """Guards: --start/--acrostic ignored, or a conflict passing silently."""
+    tok = tok_of(ALL_HAN)
+    m = TinyLM(tok.vocab_size)
+    r = compose(m, tok, FORM, phon=PHON, seed=0, start="春水", acrostic="春东", author="某")
+    assert r.text.startswith("春水") and r.lines[1][0] == "东"
+    with pytest.raises(TianciError, match=r"'春'.*line 1 character 2.*仄"):
+        compose(m, tok, FORM, phon=PHON, start="山春")
+    with pytest.raises(TianciError, match="has 4 characters but 测试 has 2 lines \\(3 clauses\\)"):
+        compose(m, tok, FORM, phon=PHON, acrostic="春夏秋冬")
+    with pytest.raises(TianciError, match="not in the model's vocabulary"):
+        compose(m, tok, FORM, phon=PHON, acrostic="春夏")
+    with pytest.raises(TianciError, match="conflicts with --start"):
+        compose(m, tok, FORM, phon=PHON, start="春", acrostic="秋东")
+    with pytest.raises(TianciError, match="cannot rhyme at line 1 character 8"):  # 春 has no 部
+        compose(m, tok, FORM, phon=PHON, start="东动东东东动东春")
+
+
+def test_backoff_on_tiny_vocab():
+    """Guards: a hang or crash when no token satisfies the slot (vocab without 仄 or rhymes)."""
+    tok = tok_of("春花")
+    r = compose(TinyLM(tok.vocab_size), tok, FORM, phon=PHON, seed=0, author="某")
+    assert check_poem(r.text, FORM, PHON).form_ok
+    assert r.backoffs and {b.relaxed for b in r.backoffs} <= {"tone", "rhyme", "tone+rhyme", "repeat rhyme"}
+
+
+def test_bpe_rejected():
+    """Guards: compose silently mangling the form with a multi-character tokenizer."""
+    class FakeBPE:
+        kind, vocab_size = "bpe", 10
+
+    with pytest.raises(TianciError, match="character-level tokenizer"):
+        compose(TinyLM(10), FakeBPE(), FORM, phon=PHON)
+
+
+def test_unknown_cipai_suggests(tmp_path):
+    """Guards: compose with a misspelt 词牌 failing without the closest names."""
+    import json
+
+    (tmp_path / "ci_index.json").write_text(json.dumps([{"idx": 0, "names": ["浣溪沙"], "pinyins": []}]),
+                                            "utf-8")
+    tok = tok_of(ALL_HAN)
+    with pytest.raises(TianciError, match="浣溪沙") as e:
+        compose(TinyLM(tok.vocab_size), tok, "浣溪纱", cipu=CiPu.load(tmp_path, phon=PHON), phon=PHON)
+    assert e.value.suggestions == ["浣溪沙"]
+
+
+def test_checker_catches_broken_text():
+    """Guards: the independent checker accepting a wrong form (it must not trust the decoder)."""
+    assert check_poem("东风中空红，同动送。\n东风中空。", FORM, PHON).form_ok
+    assert not check_poem("东风中空，同动送。\n东风中空。", FORM, PHON).form_ok  # 4 chars, not 5
+    assert not check_poem("东风中空红。同动送。\n春花秋东。", FORM, PHON).form_ok  # 。 at a pause
+    c = check_poem("东风中空红，同动江。\n春花秋东。", FORM, PHON)
+    assert c.form_ok and c.rhyme_hits == 1 and c.rhyme_total == 2
+
+
+def test_longest_copy():
+    """Guards: novelty measuring the wrong thing."""
+    assert longest_copy("春江潮水连海平", "xx江潮水连yy") == 4 and longest_copy("abc", "xyz") == 0
+
+
+@st.composite
+def forms(draw):
+    n_lines = draw(st.integers(1, 4))
+    lines = []
+    for _ in range(n_lines):
+        parts = draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
+        marks = [draw(st.sampled_from("，、")) for _ in parts[:-1]] + ["。"]
+        lines.append("".join("*" * k + m for k, m in zip(parts, marks)))
+    n = sum(s.count("*") for s in lines)
+    tones = "".join(draw(st.lists(st.sampled_from("平仄中"), min_size=n, max_size=n)))
+    rhyme = draw(st.lists(st.sampled_from([-1, -1, 0, 1]), min_size=n, max_size=n))
+    return make_form(lines, tones, rhyme)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=forms(), chars=st.sets(st.sampled_from(ALL_HAN), min_size=1, max_size=12),
+       seed=st.integers(0, 2**16))
+def test_masks_never_admit_illegal_tokens(form, chars, seed):
+    """Guards: a mask admitting a token that breaks the slot (wrong tone, non-Han, wrong mark) and
+    compose losing the exact form on random patterns, vocabularies and models."""
+    tok = tok_of(chars)
+    fm = form_masks(tok, form, PHON)
+    for j, (kind, v) in enumerate(fm.cells):
+        for i in fm.strict[j].nonzero().flatten().tolist():
+            t = tok.token_text(i)
+            if kind == "c":
+                assert is_han(t) and PHON.fits(t, form.tones[v])
+                if form.rhyme[v] >= 0:
+                    assert PHON.groups(t, form.tones[v])
+            else:
+                assert t in ("，、" if kind == "p" and v != "。" else v)
+    rs = compose_batch(TinyLM(tok.vocab_size, seed % 7), tok, form, 2, phon=PHON, seed=seed, author="某")
+    for r in rs:
+        c = check_poem(r.text, form, PHON)
+        assert c.form_ok, c.problem
+        relaxed = {(b.line, b.char) for b in r.backoffs}
+        k = 0
+        for li, line in enumerate(r.lines, 1):
+            for ci, ch in enumerate(x for x in line if is_han(x)):
+                tone = form.tones[k]
+                if (li, ci + 1) not in relaxed and tone in (PING, ZE):
+                    assert PHON.fits(ch, tone)
+                k += 1
+
+
+def test_real_pattern_with_gpt(cipu_dir, rhyme_dir):
+    """Guards: the real 浣溪沙 pattern not coming out exactly from a random tianci GPT (KV cache path)."""
+    from tianci.config import GPTConfig
+    from tianci.model import GPT
+
+    phon = Phonology.load(rhyme_dir)
+    cp = CiPu.load(cipu_dir, phon=phon)
+    vocab = sorted(set("".join(c for c in phon.readings if len(c) == 1 and is_han(c))))[:3000]
+    tok = tok_of(vocab + list("浣溪沙"))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=128))
+    for name in ("浣溪沙", "菩萨蛮"):
+        r = compose(model, tok, name, cipu=cp, phon=phon, seed=0)
+        c = check_poem(r.text, r.form, phon)
+        assert c.form_ok and c.tone_hits == c.tone_total and c.rhyme_hits == c.rhyme_total, r.text
