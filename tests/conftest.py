@@ -32,3 +32,54 @@ def cipu_dir() -> Path:
 @pytest.fixture(scope="session")
 def rhyme_dir() -> Path:
     return _find("TIANCI_RHYME_SOURCE", SHARED / "chinese_word_rhyme" / "data", "Cilin_Rhyme.json")
+
+
+# ----------------------------------------------------------------------------- a tiny synthetic corpus
+
+TINY_ALPHABET = ("春花秋月何时了往事知多少小楼昨夜又东风故国不堪回首明中雕栏玉砌应犹在只是朱颜改"
+                 "问君能有几愁恰似一江水向流帘外雨潺阑珊意罗")  # 60 distinct characters (plus the tune/author names)
+TINY_TUNES = ["浣溪沙", "菩萨蛮", "虞美人", "蝶恋花"]
+TINY_AUTHORS = ["李煜", "晏殊", "柳永"]
+
+
+def write_tiny_poetry_tree(root: Path, n_poems: int = 200, seed: int = 0) -> Path:
+    """Write a small chinese-poetry checkout (宋词/ci.song.0.json, ci.song.1000.json) of n_poems
+    short poems (2-4 lines of 5-7 characters from TINY_ALPHABET, each line ending in ，or 。)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    poems = []
+    for i in range(n_poems):
+        lines = []
+        for j in range(rng.randint(2, 4)):
+            body = "".join(rng.choice(TINY_ALPHABET) for _ in range(rng.randint(5, 7)))
+            lines.append(body + ("。" if j % 2 else "，"))
+        poems.append({"rhythmic": TINY_TUNES[i % len(TINY_TUNES)], "author": TINY_AUTHORS[i % len(TINY_AUTHORS)],
+                      "paragraphs": lines})
+    (root / "宋词").mkdir(parents=True, exist_ok=True)
+    half = n_poems // 2
+    for name, part in (("ci.song.0.json", poems[:half]), ("ci.song.1000.json", poems[half:])):
+        (root / "宋词" / name).write_text(json.dumps(part, ensure_ascii=False), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_poetry_dir(tmp_path_factory) -> Path:
+    """A synthetic chinese-poetry tree (see write_tiny_poetry_tree): 200 poems, read only."""
+    return write_tiny_poetry_tree(tmp_path_factory.mktemp("tiny_poetry"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_poetry_dir, tmp_path_factory) -> Path:
+    """A prepared data directory (what `tianci prepare` writes: ci.txt, poems.jsonl, train.bin,
+    val.bin, tokenizer.json, meta.json) built from `tiny_poetry_dir` with the char tokenizer and
+    the default per-poem split (10% val, seed 1337). 200 poems, ~75 characters of vocabulary,
+    ~5,000 train tokens: enough for block_size <= 64. Session-scoped and shared: treat it as read only
+    (copy it if a test must modify it)."""
+    from tianci import corpus as C
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    poems = C.load_poems(tiny_poetry_dir)
+    C.build(C.Corpus([p.text() for p in poems], str(tiny_poetry_dir), poems), out)
+    return out

@@ -78,19 +78,20 @@ class VocabTables:
         self.texts = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
         self.stoi = {t: i for i, t in enumerate(self.texts)}
         V = len(self.texts)
-        self.han = torch.zeros(V, dtype=torch.bool)
-        self.tone = torch.zeros(3, V, dtype=torch.bool)  # 平-able, 仄-able, any
-        self.bu = torch.zeros(3, 20, V, dtype=torch.bool)  # [tone, 部] (部 0 unused)
+        # build as Python lists, convert once: per-element tensor writes cost ~µs each
+        han, tone = [False] * V, [[False] * V for _ in range(3)]
+        bu = [[[False] * V for _ in range(20)] for _ in range(3)]  # [tone, 部] (部 0 unused)
         for i, t in enumerate(self.texts):
             if not is_han(t):
                 continue
-            self.han[i] = True
-            self.tone[2, i] = True
-            for tone, b in phon.lookup(t):
-                self.tone[TONE_INDEX[tone], i] = True
+            han[i] = tone[2][i] = True
+            for tn, b in phon.lookup(t):
+                tone[TONE_INDEX[tn]][i] = True
                 if b:
-                    self.bu[TONE_INDEX[tone], b, i] = True
-                    self.bu[2, b, i] = True
+                    bu[TONE_INDEX[tn]][b][i] = bu[2][b][i] = True
+        self.han = torch.tensor(han, dtype=torch.bool)
+        self.tone = torch.tensor(tone, dtype=torch.bool)  # 平-able, 仄-able, any
+        self.bu = torch.tensor(bu, dtype=torch.bool)
         if not self.han.any():
             raise TianciError("the tokenizer's vocabulary has no Han character: nothing to compose with")
         self.any_bu = self.bu.any(dim=1)  # (3, V): has some rhyme group in that tone

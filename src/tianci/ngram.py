@@ -214,7 +214,8 @@ class NGram:
         # Each level as two flat lists (all ids of all grams, then their counts): compact JSON
         # that loads back with C-speed json parsing and zips.
         return {"order": self.order, "vocab_size": self.vocab_size, "add_k": self.add_k,
-                "tail": list(self.tail), "levels": [{"ids": [i for g in grams for i in g], "counts": list(grams.values())}
+                "tail": list(self.tail),
+                "levels": [{"ids": [i for g in grams for i in g], "counts": list(grams.values())}
                            for grams in self.grams]}
 
     def save(self, path) -> None:

@@ -44,10 +44,11 @@ def run(args) -> int:
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
-        sys.stdout.write(f"{form.title} " + (f"{args.author}\n" if args.author else ""))
-        sys.stdout.flush()
+        head = [f"{form.title} " + (f"{args.author}\n" if args.author else "")]
 
         def emit(piece: str) -> None:
+            if head:  # the title goes out with the first piece, so a rejected --start prints nothing
+                sys.stdout.write(head.pop())
             sys.stdout.write(piece)
             sys.stdout.flush()
 

@@ -1,0 +1,422 @@
+"""`tianci serve`: the playground page and an OpenAI-compatible completions API over one run.
+
+    app = create_app("runs/ci-cpu")            # or a loaded checkpoint.Run
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Routes: GET / (playground), GET /v1/models, POST /v1/completions (OpenAI completions, streaming as
+server-sent events), GET /api/cipai, GET /api/cipai/{name}, POST /api/compose (streamed), GET
+/healthz. Every error has the OpenAI shape {"error": {"message", "type", "param", "code"}}.
+Sampling is the shared `tianci.generate.stream`, 填词 the shared `tianci.compose.compose`; both run in
+worker threads through the fair queue of `server_limits.Scheduler`. No route reads or writes a
+file the client names: the page's three files are read once at start-up from the package.
+"""
+
+import contextlib
+import json
+import secrets
+import time
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import server_api as api
+from .errors import TianciError
+from .server_limits import BodyLimit, Busy, Limits, Scheduler, error_body
+
+STATIC = {"index.html": "text/html; charset=utf-8", "style.css": "text/css; charset=utf-8",
+          "app.js": "text/javascript; charset=utf-8"}
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+DISCONNECT_POLL_S = 0.25
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error", **extra):
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, type_, param, code, **extra)
+
+
+def _err(status: int, desc: str) -> dict:
+    return {"model": api.ErrorResponse, "description": desc}
+
+
+ERRORS = {400: _err(400, "invalid parameter (the message names it and its allowed range)"),
+          413: _err(413, "request body too large"), 429: _err(429, "queue full; retry later")}
+SSE = {"text/event-stream": {"schema": {"type": "string"}, "description": "when stream is true"}}
+
+
+def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None = None,
+               model_name: str | None = None) -> FastAPI:
+    """run: a run directory or a loaded `checkpoint.Run`. cipu: a ready `cipai.CiPu`; None opens the
+    run's (词谱 + phonology + the run's corpus) unless load_cipu is False -- then the 词牌 routes
+    answer 503 and the rest still works."""
+    from .checkpoint import Run, load_run
+
+    if not isinstance(run, Run):
+        run = load_run(run)
+    lim = (limits or Limits()).validate()
+    model_id = model_name or Path(run.run_dir).name or "tianci"
+    cipu_error = None if cipu is not None else "this server was started without 词牌 data"
+    if cipu is None and load_cipu:
+        from .cipai import open_cipu
+        try:
+            cipu = open_cipu(run_dir=run.run_dir)
+        except TianciError as e:
+            cipu_error = str(e)
+    sched = Scheduler(lim.workers, lim.max_waiting)
+    CompletionRequest, ComposeRequest = api.request_models(lim)
+    schemas = {"/v1/completions": CompletionRequest.model_json_schema(),
+               "/api/compose": ComposeRequest.model_json_schema()}
+    static = {name: (resources.files("tianci") / "static" / name).read_bytes() for name in STATIC}
+    created = int(time.time())
+
+    app = FastAPI(title="tianci", version=_version(),
+                  description="Song ci (宋词) from a small GPT: an OpenAI-compatible completions API "
+                  "and 填词 to a chosen 词牌 with guaranteed form, tone and rhyme.")
+    app.state.run, app.state.limits, app.state.scheduler, app.state.cipu = run, lim, sched, cipu
+    app.add_middleware(BodyLimit, max_bytes=lim.max_body_bytes)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        resp = await call_next(request)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.url.path == "/":  # not /docs, whose Swagger UI loads its scripts from a CDN
+            resp.headers["Content-Security-Policy"] = CSP
+        return resp
+
+    # ------------------------------------------------------------------------- errors
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        msg, param = api.describe_validation_error(list(exc.errors()), schemas.get(request.url.path))
+        return JSONResponse(error_body(msg, param=param, code="invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), param=None, code=code), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request, exc: Exception):
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), 500)
+
+    def need_cipu():
+        if app.state.cipu is None:
+            raise ApiError(503, f"词牌 data is unavailable: {cipu_error}", code="cipai_unavailable",
+                           type_="service_unavailable")
+        return app.state.cipu
+
+    async def get_form(name: str, variant: int | None):
+        from .cipai import UnknownCipaiError
+        cp = need_cipu()
+        try:
+            return await run_in_threadpool(cp.form, name, variant)
+        except UnknownCipaiError as e:
+            raise ApiError(404, str(e), "cipai", "cipai_not_found", suggestions=e.suggestions) from None
+        except TianciError as e:
+            raise ApiError(400, str(e).replace("--variant", "variant"), "variant") from None
+
+    # ------------------------------------------------------------------------- page
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return Response(static["index.html"], media_type=STATIC["index.html"])
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str):
+        if name not in static:  # a fixed table: the path never reaches the file system
+            raise ApiError(404, f"no static file {name!r}", "name", "not_found")
+        return Response(static[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz", response_model=api.Health)
+    async def healthz():
+        return {"status": "ok", "model": model_id, "cipai": app.state.cipu is not None,
+                "queue": sched.stats()}
+
+    # ------------------------------------------------------------------------- OpenAI
+    @app.get("/v1/models", response_model=api.ModelList)
+    async def models():
+        return {"object": "list", "data": [_card(model_id, created)]}
+
+    @app.get("/v1/models/{model}", response_model=api.ModelCard, responses={404: _err(404, "unknown model")})
+    async def model_card(model: str):
+        _check_model(model, model_id)
+        return _card(model_id, created)
+
+    @app.post("/v1/completions", response_model=api.Completion,
+              responses={200: {"content": SSE}, 404: _err(404, "unknown model"), **ERRORS})
+    async def completions(req: CompletionRequest, request: Request):
+        from .generate import SampleOptions, encode_prompt
+
+        if req.model is not None:
+            _check_model(req.model, model_id)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        n = req.n or 1
+        if len(prompts) * n > lim.max_choices:
+            raise ApiError(400, f"n: {len(prompts)} prompt(s) x n={n} = {len(prompts) * n} choices exceeds "
+                           f"this server's limit of {lim.max_choices}", "n")
+        if req.best_of is not None and req.best_of != n:
+            raise ApiError(400, f"best_of={req.best_of}: only best_of == n ({n}) is supported", "best_of")
+        for i, p in enumerate(prompts):
+            try:
+                encode_prompt(run.tokenizer, p)
+            except TianciError as e:
+                where = "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]"
+                raise ApiError(400, f"{where}: {e}".replace("; use errors='skip' to drop unknown characters",
+                                                            ""), where) from None
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        opts = SampleOptions(max_new_tokens=16 if req.max_tokens is None else req.max_tokens,
+                             temperature=1.0 if req.temperature is None else req.temperature,
+                             top_k=req.top_k or None, top_p=req.top_p if req.top_p not in (None, 1) else None,
+                             seed=req.seed, stop=tuple(stops))
+        job = _completion_job(run, prompts, n, opts)
+        cid, now = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        echo = [p for p in prompts for _ in range(n)] if req.echo else None
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await _sse(request, sched, job, lambda items: _completion_chunks(
+                items, cid, now, model_id, echo, include_usage), done_marker=True)
+        texts, reasons = [""] * (len(prompts) * n), ["length"] * (len(prompts) * n)
+        ptok = ctok = 0
+        async for item in _collect(request, sched, job):
+            if item[0] == "ev":
+                _, i, text, reason = item
+                texts[i] += text
+                reasons[i] = reason or reasons[i]
+            else:
+                ptok, ctok = ptok + item[1], ctok + item[2]
+        choices = [{"text": (echo[i] if echo else "") + t, "index": i, "logprobs": None, "finish_reason": r}
+                   for i, (t, r) in enumerate(zip(texts, reasons))]
+        return {"id": cid, "object": "text_completion", "created": now, "model": model_id,
+                "choices": choices, "usage": api.usage(ptok, ctok)}
+
+    # ------------------------------------------------------------------------- 填词
+    @app.get("/api/cipai", response_model=api.CipaiList, responses={400: ERRORS[400], 503: _err(503, "no 词牌 data")})
+    async def cipai_list(q: str | None = Query(None, max_length=40, description="filter: name, alias or pinyin"),
+                         limit: int = Query(2000, ge=1, le=2000),
+                         forms: bool = Query(False, description="include each form (then limit <= 50)")):
+        cp = need_cipu()
+        if forms and limit > 50:
+            raise ApiError(400, f"limit={limit}: with forms=true the limit is 1..50", "limit")
+        rows = _listing(app, cp)
+        if q:
+            key = q.strip().lower()
+            rows = [r for r in rows if any(key in s.lower() for s in [r["name"], *r["aliases"], *r["pinyin"]])]
+        out = [dict(r) for r in rows[:limit]]
+        if forms:
+            for r in out:
+                try:
+                    r["form"] = api.form_info(await run_in_threadpool(cp.form, r["name"]))
+                except TianciError:
+                    r["form"] = None
+        return {"total": len(rows), "data": out}
+
+    @app.get("/api/cipai/{name}", response_model=api.FormInfo,
+             responses={400: ERRORS[400], 404: _err(404, "unknown 词牌 (with suggestions)"),
+                        503: _err(503, "no 词牌 data")})
+    async def cipai_form(name: str, variant: int | None = Query(None, ge=0, le=999)):
+        if len(name) > 40:
+            raise ApiError(400, "name: at most 40 characters", "name")
+        return api.form_info(await get_form(name, variant))
+
+    @app.post("/api/compose", response_model=api.ComposeResultModel,
+              responses={200: {"content": SSE}, 404: _err(404, "unknown 词牌 (with suggestions)"),
+                         503: _err(503, "no 词牌 data"), **ERRORS})
+    async def compose_route(req: ComposeRequest, request: Request):
+        form = await get_form(req.cipai, req.variant)
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        job = _compose_job(run, app.state.cipu, form, req, seed)
+        info = api.form_info(form)
+        if req.stream:
+            return await _sse(request, sched, job, lambda items: _compose_events(items, info, seed))
+        async for kind, val in _collect(request, sched, job):
+            if kind == "done":
+                return _result(val, info, seed)
+        raise ApiError(503, "the composition was cancelled", type_="server_error")
+
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+# ----------------------------------------------------------------------------- jobs (worker thread)
+
+def _completion_job(run, prompts: list[str], n: int, opts):
+    from .generate import stream
+
+    def work(emit, cancelled):
+        for pi, prompt in enumerate(prompts):
+            usage: dict = {}
+            for ev in stream(run.model, run.tokenizer, prompt, n, opts, usage=usage):
+                if ev.text or ev.finished:
+                    emit(("ev", pi * n + ev.index, ev.text, ev.finish_reason if ev.finished else None))
+            emit(("usage", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
+    return work
+
+
+def _compose_job(run, cp, form, req, seed: int):
+    from .compose import compose
+
+    def work(emit, cancelled):
+        phase = ["author" if req.author is None else "text"]
+
+        def on_text(piece: str) -> None:
+            if phase[0] == "author":
+                head, nl, rest = piece.partition("\n")
+                if head:
+                    emit(("author", head))
+                if not nl:
+                    return
+                phase[0], piece = "text", rest
+            if piece:
+                emit(("text", piece))
+
+        res = compose(run.model, run.tokenizer, form, start=req.start or None, acrostic=req.acrostic or None,
+                      temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p, seed=seed,
+                      author=req.author or None, on_text=on_text, cipu=cp, phon=cp.phon)
+        emit(("done", res))
+    return work
+
+
+# ----------------------------------------------------------------------------- streaming glue
+
+async def _first(sched: Scheduler, job):
+    """Start the job; wait for its first item so that errors still get a proper status code."""
+    agen = sched.stream(job)
+    try:
+        first = await agen.__anext__()
+    except StopAsyncIteration:
+        return agen, []
+    except Busy as e:
+        raise ApiError(429, str(e), code="queue_full", type_="rate_limit_error") from None
+    except TianciError as e:
+        raise ApiError(400, str(e).replace("--", "")) from None
+    return agen, [first]
+
+
+async def _items(request: Request, agen, head: list):
+    """The job's items; stops (cancelling the job) once the client has disconnected."""
+    async with contextlib.aclosing(agen):
+        for item in head:
+            yield item
+        last = time.monotonic()
+        async for item in agen:
+            yield item
+            if time.monotonic() - last > DISCONNECT_POLL_S:
+                last = time.monotonic()
+                if await request.is_disconnected():
+                    return
+
+
+async def _collect(request: Request, sched: Scheduler, job):
+    agen, head = await _first(sched, job)
+    async for item in _items(request, agen, head):
+        yield item
+
+
+async def _sse(request: Request, sched: Scheduler, job, render, done_marker: bool = False):
+    agen, head = await _first(sched, job)
+
+    async def body():
+        try:
+            async for obj in render(_items(request, agen, head)):
+                yield f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+        except Exception as e:  # after the headers: report in-band, in the error shape
+            msg = str(e) if isinstance(e, TianciError) else f"internal error: {type(e).__name__}"
+            yield f"data: {json.dumps(error_body(msg, 'server_error'), ensure_ascii=False)}\n\n"
+        if done_marker:
+            yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _completion_chunks(items, cid, created, model_id, echo, include_usage):
+    def chunk(i, text, reason=None):
+        return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
+                "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason}]}
+    for i, p in enumerate(echo or []):
+        if p:
+            yield chunk(i, p)
+    ptok = ctok = 0
+    async for item in items:
+        if item[0] == "ev":
+            yield chunk(*item[1:])
+        else:
+            ptok, ctok = ptok + item[1], ctok + item[2]
+    if include_usage:
+        yield {"id": cid, "object": "text_completion", "created": created, "model": model_id,
+               "choices": [], "usage": api.usage(ptok, ctok)}
+
+
+async def _compose_events(items, info, seed):
+    yield {"type": "form", "form": info, "seed": seed}
+    async for kind, val in items:
+        if kind == "done":
+            yield {"type": "done", "result": _result(val, info, seed)}
+        else:
+            yield {"type": kind, "text": val}
+
+
+def _result(res, info, seed) -> dict:
+    return {"cipai": res.form.name, "title": res.title, "author": res.author, "text": res.text,
+            "lines": res.lines, "rhyme": res.rhyme, "backoffs": [str(b) for b in res.backoffs],
+            "seconds": round(res.seconds, 3), "seed": seed, "form": info}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _card(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "tianci"}
+
+
+def _check_model(model: str, model_id: str) -> None:
+    if model != model_id:
+        raise ApiError(404, f"model {model!r} does not exist; this server serves {model_id!r}", "model",
+                       "model_not_found")
+
+
+def _listing(app: FastAPI, cp) -> list[dict]:
+    rows = getattr(app.state, "cipai_rows", None)
+    if rows is None:
+        rows = [{"name": e.names[0], "aliases": e.names[1:], "source": "词谱" if e.idx is not None else "corpus",
+                 "count": cp.count(e), "pinyin": [p for p in e.pinyins if p]} for e in cp.entries]
+        rows.sort(key=lambda r: (-r["count"], r["name"]))
+        app.state.cipai_rows = rows
+    return rows
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, with its generic 422 replaced by the 400 this server really answers."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path in schema.get("paths", {}).values():
+        for op in path.values():
+            if op.get("responses", {}).pop("422", None) is not None:
+                op["responses"].setdefault("400", {
+                    "description": "invalid parameter (the message names it and its allowed range)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+    comps = schema.get("components", {}).get("schemas", {})
+    comps.pop("HTTPValidationError", None)
+    comps.pop("ValidationError", None)
+    if "ErrorResponse" not in comps:
+        comps["ErrorResponse"] = api.ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.setdefault("ErrorDetail", comps["ErrorResponse"].pop("$defs", {}).get("ErrorDetail", {}))
+    app.openapi_schema = schema
+    return schema
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__

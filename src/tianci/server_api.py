@@ -1,0 +1,230 @@
+"""Request and response schemas of `tianci serve`, built per app from its Limits so that the OpenAPI
+schema states the very caps the server enforces, and the translation of validation errors into
+OpenAI-style 400s that name the parameter and its allowed range."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .server_limits import Limits
+
+MAX_SEED = 2**63 - 1
+# strict: no "5" -> 5 or true -> 1 coercions; forbid: a misspelt parameter is an error, not a no-op
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    suggestions: list[str] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tianci"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class StreamOptions(BaseModel):
+    model_config = STRICT
+    include_usage: bool = False
+
+
+class Choice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+
+
+class CipaiEntry(BaseModel):
+    name: str
+    aliases: list[str]
+    source: Literal["词谱", "corpus"]
+    count: int = Field(description="poems of this 词牌 in the corpus the run was trained on")
+    pinyin: list[str]
+    form: dict | None = None
+
+
+class CipaiList(BaseModel):
+    total: int
+    data: list[CipaiEntry]
+
+
+class FormInfo(BaseModel):
+    name: str
+    title: str
+    source: str
+    variant: int | None
+    n_variants: int
+    n_chars: int
+    lines: list[str] = Field(description="skeleton per line: '*' a character, then punctuation")
+    line_lengths: list[int]
+    slots: list[str] = Field(description="○ 平, ● 仄, ◐ either; a rhyme slot is followed by its group letter")
+    tones: str
+    rhyme: list[int]
+    rhyme_groups: int
+    example: str
+    corpus_count: int
+
+
+class ComposeResultModel(BaseModel):
+    cipai: str
+    title: str
+    author: str
+    text: str
+    lines: list[str]
+    rhyme: list[str]
+    backoffs: list[str]
+    seconds: float
+    form: FormInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    cipai: bool
+    queue: dict[str, int]
+
+
+def request_models(lim: Limits):
+    """The two request bodies, with this server's caps as schema constraints."""
+    Prompt = Annotated[str, Field(max_length=lim.max_prompt_chars)]
+    Stop = Annotated[str, Field(min_length=1, max_length=lim.max_stop_chars)]
+
+    class CompletionRequest(BaseModel):
+        """OpenAI /v1/completions. Unsupported OpenAI options are accepted only at their no-op value."""
+        model_config = STRICT
+        prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=lim.max_prompts)]
+        model: str | None = Field(None, max_length=200)
+        max_tokens: int | None = Field(16, ge=0, le=lim.max_tokens)
+        temperature: float | None = Field(1.0, ge=0, le=2)
+        top_p: float | None = Field(1.0, gt=0, le=1)
+        top_k: int | None = Field(None, ge=0, le=100_000, description="tianci extension; 0 or null = off")
+        n: int | None = Field(1, ge=1, le=lim.max_n)
+        stop: Stop | Annotated[list[Stop], Field(max_length=lim.max_stop)] | None = None
+        seed: int | None = Field(None, ge=0, le=MAX_SEED)
+        stream: bool | None = False
+        stream_options: StreamOptions | None = None
+        echo: bool | None = False
+        user: str | None = Field(None, max_length=256)
+        # OpenAI options this server does not implement: only their neutral value is accepted
+        logprobs: int | None = Field(None, ge=0, le=0, description="not supported: null or 0")
+        best_of: int | None = Field(None, ge=1, le=lim.max_n, description="must equal n when given")
+        suffix: str | None = Field(None, max_length=0, description="not supported: null or empty")
+        presence_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
+        frequency_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
+        logit_bias: dict[str, float] | None = Field(None, max_length=0, description="not supported")
+
+    class ComposeRequest(BaseModel):
+        """Compose a ci to a 词牌 with guaranteed form, tone and rhyme."""
+        model_config = STRICT
+        cipai: str = Field(min_length=1, max_length=40, description="name, alias or pinyin")
+        start: str | None = Field(None, max_length=64, description="opening characters")
+        acrostic: str | None = Field(None, max_length=64, description="first character of each line (藏头)")
+        author: str | None = Field(None, max_length=8, description="null: the model writes one")
+        temperature: float = Field(0.8, ge=0, le=2)
+        top_p: float | None = Field(0.95, gt=0, le=1)
+        top_k: int | None = Field(None, ge=0, le=100_000)
+        seed: int | None = Field(None, ge=0, le=MAX_SEED)
+        variant: int | None = Field(None, ge=0, le=999)
+        stream: bool = True
+
+    return CompletionRequest, ComposeRequest
+
+
+# ----------------------------------------------------------------------------- validation errors
+
+def allowed(prop: dict) -> str:
+    """'0..512', '(0, 1]', 'at most 64 characters' ... from a JSON-schema property."""
+    for alt in [prop, *prop.get("anyOf", [])]:
+        lo = alt.get("minimum", alt.get("exclusiveMinimum"))
+        hi = alt.get("maximum", alt.get("exclusiveMaximum"))
+        if lo is not None or hi is not None:
+            left = "(" if "exclusiveMinimum" in alt else "["
+            right = ")" if "exclusiveMaximum" in alt else "]"
+            if left == "[" and right == "]" and lo is not None and hi is not None:
+                return f"{lo}..{hi}"
+            return f"{left}{'' if lo is None else lo}, {'' if hi is None else hi}{right}"
+    parts = []
+    for alt in [prop, *prop.get("anyOf", [])]:
+        if "maxLength" in alt:
+            parts.append(f"a string of at most {alt['maxLength']} characters")
+        if "maxItems" in alt:
+            parts.append(f"a list of at most {alt['maxItems']} items")
+    return " or ".join(dict.fromkeys(parts))
+
+
+def describe_validation_error(errors: list[dict], schema: dict | None) -> tuple[str, str | None]:
+    """(message, param) for the first pydantic error of a request body."""
+    if not errors:
+        return "invalid request", None
+    e = errors[0]
+    loc = [x for x in e.get("loc", ()) if x != "body"]
+    if e.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}", None
+    if not loc:
+        return f"the request body must be a JSON object ({e.get('msg')})", None
+    top = str(loc[0])
+    # drop pydantic's union tags ('str', 'list[str]'), keep list indices
+    param = top + "".join(f"[{x}]" for x in loc[1:] if isinstance(x, int))
+    props = (schema or {}).get("properties", {})
+    if e.get("type") == "missing":
+        return f"{param} is required", param
+    if e.get("type") == "extra_forbidden":
+        known = ", ".join(sorted(props)) if props else ""
+        return f"unknown parameter {param!r}" + (f" (known: {known})" if known else ""), param
+    msg = f"{param}: {e.get('msg', 'invalid value')}"
+    if "input" in e and not isinstance(e["input"], (dict, list)):
+        msg += f" (got {e['input']!r})"
+    rng = allowed(props.get(top, {})) if top in props else ""
+    if rng:
+        msg += f"; allowed: {rng}"
+    desc = props.get(top, {}).get("description")
+    if desc and "not supported" in desc:
+        msg += f" ({desc})"
+    return msg, param
+
+
+def form_info(form) -> dict:
+    from .cipai import render, rhyme_group_count
+
+    return {"name": form.name, "title": form.title, "source": form.source, "variant": form.variant,
+            "n_variants": form.n_variants, "n_chars": form.n_chars, "lines": list(form.lines),
+            "line_lengths": [s.count("*") for s in form.lines], "slots": render(form).split("\n"),
+            "tones": form.tones, "rhyme": list(form.rhyme), "rhyme_groups": rhyme_group_count(form),
+            "example": form.example, "corpus_count": form.corpus_count}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
