@@ -105,3 +105,31 @@ def open_world_cipu(world: dict):
     from tianci.cipai_corpus import load_corpus
 
     return CiPu.load(world["cipu_dir"], load_corpus(world["data"]), world["phon"])
+
+
+def start_server(app):
+    """Run app under uvicorn on a free loopback port in a thread; returns (server, thread, base_url)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def stop_server(server, thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -53,7 +53,8 @@ def _tiny_model(attn_impl="loop", **kw):
     torch.manual_seed(0)
     from tianci.model import GPT
 
-    cfg = GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16, attn_impl=attn_impl, **kw)
+    cfg = GPTConfig(**{"vocab_size": 20, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16,
+                       "attn_impl": attn_impl, **kw})
     return GPT(cfg).eval()
 
 

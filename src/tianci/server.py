@@ -80,6 +80,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
                   description="Song ci (宋词) from a small GPT: an OpenAI-compatible completions API "
                   "and 填词 to a chosen 词牌 with guaranteed form, tone and rhyme.")
     app.state.run, app.state.limits, app.state.scheduler, app.state.cipu = run, lim, sched, cipu
+    app.state.model_id = model_id
     app.add_middleware(BodyLimit, max_bytes=lim.max_body_bytes)
 
     @app.middleware("http")

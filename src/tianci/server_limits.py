@@ -60,6 +60,7 @@ class Scheduler:
         self.workers, self.max_waiting = workers, max_waiting
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="tianci-gen")
         self._sem: asyncio.Semaphore | None = None
+        self._loop = None
         self.waiting = 0
         self.running = 0
         self.served = 0
@@ -81,15 +82,16 @@ class Scheduler:
         An exception raised by work is re-raised here. Use with contextlib.aclosing so that an
         abandoned stream cancels its job promptly."""
         self.check_room()
-        if self._sem is None:  # created lazily: it must belong to the server's running loop
-            self._sem = asyncio.Semaphore(self.workers)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # an asyncio.Semaphore belongs to one loop: the server's
+            self._sem, self._loop = asyncio.Semaphore(self.workers), loop
+        sem = self._sem
         self.waiting += 1
         try:
-            await self._sem.acquire()
+            await sem.acquire()
         finally:
             self.waiting -= 1
         self.running += 1
-        loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
 
@@ -115,13 +117,12 @@ class Scheduler:
 
         def release(_fut) -> None:
             self.running -= 1
-            self._sem.release()
+            sem.release()
 
         try:
             fut = loop.run_in_executor(self.executor, target)
         except BaseException:
-            self.running -= 1
-            self._sem.release()
+            release(None)
             raise
         fut.add_done_callback(release)
         finished = False

@@ -23,6 +23,7 @@ import torch
 
 from . import checkpoint as ck
 from .config import Preset, format_config, to_dict
+from .corpus import read_meta
 from .errors import TianciError
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
@@ -66,13 +67,6 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
-
-
-def read_meta(data_dir: Path) -> dict:
-    p = Path(data_dir) / "meta.json"
-    if not p.exists():
-        raise TianciError(f"--data {data_dir}: no meta.json; run `tianci prepare --out {data_dir}` first")
-    return json.loads(p.read_text(encoding="utf-8"))
 
 
 class Batches:
