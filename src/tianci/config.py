@@ -297,9 +297,11 @@ def apply_overrides(preset: Preset, args: argparse.Namespace) -> Preset:
         if not key.startswith("cfg_") or value is None:
             continue
         sec, name = key[4:].split("__", 1)
-        obj = getattr(preset, sec)
-        setattr(obj, name, _coerce(next(f for f in fields(obj) if f.name == name), value,
-                                   _flag(sec, name)))
+        # one flag per name: a field that two sections share (seed) is set in both
+        for obj in (getattr(preset, s) for s in SECTIONS):
+            f = next((f for f in fields(obj) if f.name == name), None)
+            if f is not None:
+                setattr(obj, name, _coerce(f, value, _flag(sec, name)))
     return validate(preset)
 
 

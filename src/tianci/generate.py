@@ -76,7 +76,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
             new = logits.argmax(dim=-1)
         else:
             new = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
-        seq = torch.cat([seq[:, -(block or seq.size(1)) + 1:] if block else seq, new[:, None]], dim=1)
+        # keep at most block-1 old tokens (max(0, ...): at block_size=1, -block+1 == 0 kept everything)
+        seq = torch.cat([seq[:, max(0, seq.size(1) - block + 1):] if block else seq, new[:, None]], dim=1)
         yield new
 
 
@@ -145,6 +146,7 @@ def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None
     gen.manual_seed(opts.seed if opts.seed is not None else torch.seed() % (2**63))
     decoders = [StreamDecoder(tokenizer) for _ in range(n)]
     texts = [""] * n
+    sent = [0] * n  # characters of texts[i] already yielded (a possible stop-string prefix is held back)
     done = [False] * n
     counts = [0] * n
     stops = list(opts.stop) + ([POEM_END] if opts.stop_at_end else [])
@@ -167,12 +169,14 @@ def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None
                 texts[i] += piece
                 hit = _first_stop(texts[i], stops, before)
                 if hit is not None:
-                    piece = texts[i][before:hit]
                     texts[i] = texts[i][:hit]
                     done[i] = True
-                    yield Event(i, piece, True, "stop")
+                    yield Event(i, texts[i][sent[i]:], True, "stop")
                 else:
-                    yield Event(i, piece)
+                    safe = _safe_len(texts[i], stops)
+                    if safe > sent[i]:
+                        yield Event(i, texts[i][sent[i]:safe])
+                        sent[i] = safe
             if usage is not None:
                 usage["completion_tokens"] = sum(counts)
                 usage["completion_tokens_each"] = list(counts)
@@ -182,9 +186,20 @@ def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None
         model.train(was_training)
     for i in range(n):
         if not done[i]:
-            tail = decoders[i].flush()
-            texts[i] += tail
-            yield Event(i, tail, True, "length")
+            texts[i] += decoders[i].flush()
+            yield Event(i, texts[i][sent[i]:], True, "length")
+
+
+def _safe_len(text: str, stops: list[str]) -> int:
+    """How much of text may be shown: hold back a tail that could still grow into a stop string
+    (so a stop split over two tokens, such as a poem's closing blank line, never leaks its first half)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return len(text) - hold
 
 
 def _first_stop(text: str, stops: list[str], before: int) -> int | None:

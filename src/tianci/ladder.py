@@ -29,7 +29,7 @@ from .errors import TianciError
 LN2 = math.log(2)
 RUNGS = ("counting", "bigram", "position", "attention", "multihead", "feedforward", "blocks",
          "residual", "projection", "layernorm", "dropout", "ci-gpu")
-EVAL_TOKENS = 20 * 32 * 64  # tokens per evaluation, equal for every rung (eval_iters scales with B*T)
+EVAL_TOKENS = 20 * 16 * 32  # tokens per evaluation, equal for every rung (eval_iters scales with B*T)
 
 
 @dataclass
@@ -45,6 +45,7 @@ class LadderOptions:
     sample_chars: int = 40
     bpe_vocab: int | None = None
     device: str = "cpu"
+    threads: int = 1  # torch CPU threads; 0 = torch's default (all cores)
     force: bool = False
     progress: bool = True
 
@@ -260,6 +261,19 @@ def run_ladder(opts: LadderOptions) -> dict:
         raise TianciError("--rungs: give at least one rung")
     from .train import read_meta
     read_meta(data_dir)  # a clear error before anything trains
+    import torch
+    threads_before = torch.get_num_threads()
+    if opts.threads:
+        # One thread by default: the rungs are tiny (64-wide), so extra threads buy little, and on a
+        # shared machine two spinning OpenMP threads per process made steps up to 7x slower.
+        torch.set_num_threads(opts.threads)
+    try:
+        return _run_ladder(opts, data_dir, out)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_ladder(opts: LadderOptions, data_dir: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     plan = [(name, rung_preset(name, opts), data_dir, name) for name in opts.rungs]
     if opts.bpe_vocab:

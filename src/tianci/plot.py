@@ -49,14 +49,22 @@ def find_cjk_font() -> str | None:
         if fam in have:
             return fam
     # matplotlib caches its font list; fonts installed after the cache was built (apt-get install
-    # fonts-noto-cjk) are missing from it, so also look at the files and register what we find.
-    for path in sorted(fm.findSystemFonts()):
-        if _CJK_FILE.search(Path(path).name):
-            try:
-                fm.fontManager.addfont(path)
-                return fm.FontProperties(fname=path).get_name()
-            except (OSError, RuntimeError, ValueError):
-                continue
+    # fonts-noto-cjk) are missing from it, so also look at the files, register them, and pick
+    # again (regular weights first: a Bold-only registration makes every label bold).
+    files = [p for p in fm.findSystemFonts() if _CJK_FILE.search(Path(p).name)]
+    files.sort(key=lambda p: ("Regular" not in p, p))
+    names = []
+    for path in files:
+        try:
+            fm.fontManager.addfont(path)
+            names.append(fm.FontProperties(fname=path).get_name())
+        except (OSError, RuntimeError, ValueError):
+            continue
+    for fam in CJK_FAMILIES:
+        if fam in names:
+            return fam
+    if names:
+        return names[0]
     return None
 
 
@@ -195,10 +203,10 @@ def attention_weights(model, idx, layer: int = 0):
 
 
 def _labels(tokens: list[str], font: str | None) -> list[str]:
-    shown = [t.replace("\n", "⏎") for t in tokens]
     if font is not None:
-        return shown
-    return [t if t.isascii() else "".join(c if c.isascii() else f"\\u{ord(c):04x}" for c in t) for t in shown]
+        return [t.replace("\n", "⏎") for t in tokens]
+    return ["".join(c if c.isascii() and c.isprintable() else ("\\n" if c == "\n" else f"\\u{ord(c):04x}")
+                    for c in t) for t in tokens]
 
 
 def plot_attention(weights, tokens: list[str], out, title: str = "", font: str | None = "auto") -> Path:

@@ -11,8 +11,6 @@ worker threads through the fair queue of `server_limits.Scheduler`. No route rea
 file the client names: the page's three files are read once at start-up from the package.
 """
 
-import contextlib
-import json
 import secrets
 import time
 from importlib import resources
@@ -21,25 +19,20 @@ from pathlib import Path
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import server_api as api
 from .errors import TianciError
-from .server_limits import BodyLimit, Busy, Limits, Scheduler, error_body
+from .server_api import ApiError
+from .server_limits import BodyLimit, Limits, Scheduler, error_body
+from .server_stream import (collect, completion_chunks, completion_job, compose_events, compose_job,
+                            result_json, sse_response)
 
 STATIC = {"index.html": "text/html; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "app.js": "text/javascript; charset=utf-8"}
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-DISCONNECT_POLL_S = 0.25
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error", **extra):
-        super().__init__(message)
-        self.status, self.body = status, error_body(message, type_, param, code, **extra)
 
 
 def _err(status: int, desc: str) -> dict:
@@ -179,16 +172,16 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
                              temperature=1.0 if req.temperature is None else req.temperature,
                              top_k=req.top_k or None, top_p=req.top_p if req.top_p not in (None, 1) else None,
                              seed=req.seed, stop=tuple(stops))
-        job = _completion_job(run, prompts, n, opts)
+        job = completion_job(run, prompts, n, opts)
         cid, now = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         echo = [p for p in prompts for _ in range(n)] if req.echo else None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await _sse(request, sched, job, lambda items: _completion_chunks(
+            return await sse_response(request, sched, job, lambda items: completion_chunks(
                 items, cid, now, model_id, echo, include_usage), done_marker=True)
         texts, reasons = [""] * (len(prompts) * n), ["length"] * (len(prompts) * n)
         ptok = ctok = 0
-        async for item in _collect(request, sched, job):
+        async for item in collect(request, sched, job):
             if item[0] == "ev":
                 _, i, text, reason = item
                 texts[i] += text
@@ -235,142 +228,17 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
     async def compose_route(req: ComposeRequest, request: Request):
         form = await get_form(req.cipai, req.variant)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        job = _compose_job(run, app.state.cipu, form, req, seed)
+        job = compose_job(run, app.state.cipu, form, req, seed)
         info = api.form_info(form)
         if req.stream:
-            return await _sse(request, sched, job, lambda items: _compose_events(items, info, seed))
-        async for kind, val in _collect(request, sched, job):
+            return await sse_response(request, sched, job, lambda items: compose_events(items, info, seed))
+        async for kind, val in collect(request, sched, job):
             if kind == "done":
-                return _result(val, info, seed)
+                return result_json(val, info, seed)
         raise ApiError(503, "the composition was cancelled", type_="server_error")
 
     app.openapi = lambda: _openapi(app)
     return app
-
-
-# ----------------------------------------------------------------------------- jobs (worker thread)
-
-def _completion_job(run, prompts: list[str], n: int, opts):
-    from .generate import stream
-
-    def work(emit, cancelled):
-        for pi, prompt in enumerate(prompts):
-            usage: dict = {}
-            for ev in stream(run.model, run.tokenizer, prompt, n, opts, usage=usage):
-                if ev.text or ev.finished:
-                    emit(("ev", pi * n + ev.index, ev.text, ev.finish_reason if ev.finished else None))
-            emit(("usage", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
-    return work
-
-
-def _compose_job(run, cp, form, req, seed: int):
-    from .compose import compose
-
-    def work(emit, cancelled):
-        phase = ["author" if req.author is None else "text"]
-
-        def on_text(piece: str) -> None:
-            if phase[0] == "author":
-                head, nl, rest = piece.partition("\n")
-                if head:
-                    emit(("author", head))
-                if not nl:
-                    return
-                phase[0], piece = "text", rest
-            if piece:
-                emit(("text", piece))
-
-        res = compose(run.model, run.tokenizer, form, start=req.start or None, acrostic=req.acrostic or None,
-                      temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p, seed=seed,
-                      author=req.author or None, on_text=on_text, cipu=cp, phon=cp.phon)
-        emit(("done", res))
-    return work
-
-
-# ----------------------------------------------------------------------------- streaming glue
-
-async def _first(sched: Scheduler, job):
-    """Start the job; wait for its first item so that errors still get a proper status code."""
-    agen = sched.stream(job)
-    try:
-        first = await agen.__anext__()
-    except StopAsyncIteration:
-        return agen, []
-    except Busy as e:
-        raise ApiError(429, str(e), code="queue_full", type_="rate_limit_error") from None
-    except TianciError as e:
-        raise ApiError(400, str(e).replace("--", "")) from None
-    return agen, [first]
-
-
-async def _items(request: Request, agen, head: list):
-    """The job's items; stops (cancelling the job) once the client has disconnected."""
-    async with contextlib.aclosing(agen):
-        for item in head:
-            yield item
-        last = time.monotonic()
-        async for item in agen:
-            yield item
-            if time.monotonic() - last > DISCONNECT_POLL_S:
-                last = time.monotonic()
-                if await request.is_disconnected():
-                    return
-
-
-async def _collect(request: Request, sched: Scheduler, job):
-    agen, head = await _first(sched, job)
-    async for item in _items(request, agen, head):
-        yield item
-
-
-async def _sse(request: Request, sched: Scheduler, job, render, done_marker: bool = False):
-    agen, head = await _first(sched, job)
-
-    async def body():
-        try:
-            async for obj in render(_items(request, agen, head)):
-                yield f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-        except Exception as e:  # after the headers: report in-band, in the error shape
-            msg = str(e) if isinstance(e, TianciError) else f"internal error: {type(e).__name__}"
-            yield f"data: {json.dumps(error_body(msg, 'server_error'), ensure_ascii=False)}\n\n"
-        if done_marker:
-            yield "data: [DONE]\n\n"
-
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _completion_chunks(items, cid, created, model_id, echo, include_usage):
-    def chunk(i, text, reason=None):
-        return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
-                "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason}]}
-    for i, p in enumerate(echo or []):
-        if p:
-            yield chunk(i, p)
-    ptok = ctok = 0
-    async for item in items:
-        if item[0] == "ev":
-            yield chunk(*item[1:])
-        else:
-            ptok, ctok = ptok + item[1], ctok + item[2]
-    if include_usage:
-        yield {"id": cid, "object": "text_completion", "created": created, "model": model_id,
-               "choices": [], "usage": api.usage(ptok, ctok)}
-
-
-async def _compose_events(items, info, seed):
-    yield {"type": "form", "form": info, "seed": seed}
-    async for kind, val in items:
-        if kind == "done":
-            yield {"type": "done", "result": _result(val, info, seed)}
-        else:
-            yield {"type": kind, "text": val}
-
-
-def _result(res, info, seed) -> dict:
-    return {"cipai": res.form.name, "title": res.title, "author": res.author, "text": res.text,
-            "lines": res.lines, "rhyme": res.rhyme, "backoffs": [str(b) for b in res.backoffs],
-            "seconds": round(res.seconds, 3), "seed": seed, "form": info}
 
 
 # ----------------------------------------------------------------------------- helpers

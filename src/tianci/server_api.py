@@ -8,11 +8,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .server_limits import Limits
+from .server_limits import Limits, error_body
 
 MAX_SEED = 2**63 - 1
 # strict: no "5" -> 5 or true -> 1 coercions; forbid: a misspelt parameter is an error, not a no-op
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class ApiError(Exception):
+    """An error answered with `status` and the OpenAI error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error", **extra):
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, type_, param, code, **extra)
 
 
 class ErrorDetail(BaseModel):
@@ -106,6 +115,7 @@ class ComposeResultModel(BaseModel):
     rhyme: list[str]
     backoffs: list[str]
     seconds: float
+    seed: int = Field(description="the seed used (a random one when the request gave none)")
     form: FormInfo
 
 
@@ -189,7 +199,10 @@ def describe_validation_error(errors: list[dict], schema: dict | None) -> tuple[
     if not errors:
         return "invalid request", None
     e = errors[0]
-    loc = [x for x in e.get("loc", ()) if x != "body"]
+    loc = list(e.get("loc", ()))
+    where = loc.pop(0) if loc and loc[0] in ("body", "query", "path") else "body"
+    if where != "body":
+        schema = None  # a query/path parameter: its constraint is in pydantic's message
     if e.get("type") == "json_invalid":
         return f"the request body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}", None
     if not loc:
@@ -198,6 +211,9 @@ def describe_validation_error(errors: list[dict], schema: dict | None) -> tuple[
     # drop pydantic's union tags ('str', 'list[str]'), keep list indices
     param = top + "".join(f"[{x}]" for x in loc[1:] if isinstance(x, int))
     props = (schema or {}).get("properties", {})
+    if top == "prompt" and any(isinstance(x.get("input"), int) for x in errors):
+        return ("prompt: token-id arrays are not supported by this server; send text (a string or a list "
+                "of strings)"), "prompt"
     if e.get("type") == "missing":
         return f"{param} is required", param
     if e.get("type") == "extra_forbidden":

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--bpe-vocab", type=int, default=None, metavar="N",
                    help="also train the last GPT rung on a BPE copy of the data with this vocabulary size")
     p.add_argument("--device", default="cpu", help="cpu (default, comparable timings) | cuda | auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: tiny models, stable timings on a shared machine; "
+                        "0 = all cores)")
     p.add_argument("--force", action="store_true", help="retrain every rung even if a finished result exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -42,7 +45,7 @@ def run(args) -> int:
     opts = LadderOptions(data=Path(args.data), out=Path(args.out), rungs=tuple(args.rungs), budget_seconds=budget,
                          token_budget=args.token_budget, prompt=args.prompt, seed=args.seed,
                          temperature=args.temperature, bpe_vocab=args.bpe_vocab, device=args.device,
-                         force=args.force, progress=not args.quiet)
+                         threads=args.threads, force=args.force, progress=not args.quiet)
     report = run_ladder(opts)
     print(markdown(report))
     skipped = [r["rung"] for r in report["rungs"] if r.get("skipped")]

@@ -30,15 +30,16 @@ def run(args) -> int:
         from ..ngram import sample_run
         for i, text in enumerate(sample_run(args.run, args.prompt, args.max_new_tokens, args.temperature,
                                             args.seed, args.num_samples)):
-            print(f"--- sample {i + 1}\n{args.prompt}{text}")
+            print(f"--- sample {i + 1}\n{text}")  # sample_run's texts already start with the prompt
         return 0
     from ..checkpoint import load_run
-    from ..generate import SampleOptions, stream
+    from ..generate import SampleOptions, encode_prompt, stream
 
-    r = load_run(args.run, device=args.device, which=args.which)
     opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop_at_end=args.stop_at_end,
-                         use_cache=not args.no_cache)
+                         use_cache=not args.no_cache).validate()
+    r = load_run(args.run, device=args.device, which=args.which)
+    encode_prompt(r.tokenizer, args.prompt)  # an unknown character fails here, before any output
     for i in range(args.num_samples):  # one at a time so the terminal streams each poem in order
         if opts.seed is not None:
             opts.seed = args.seed + i

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from ..config import add_config_flags, apply_overrides, from_dict, load_preset
@@ -11,12 +10,17 @@ from ..errors import TianciError
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", default="ci-cpu", help="preset name or path to a .toml (see `tianci presets`)")
-    p.add_argument("--data", default=os.environ.get("TIANCI_DATA", "data/ci"),
-                   help="prepared data directory (from `tianci prepare`)")
+    p.add_argument("--data", default=None,
+                   help="prepared data directory (from `tianci prepare`; default $TIANCI_DATA or data/ci; "
+                        "with --resume, the run's own)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
     p.add_argument("--force", action="store_true", help="with --out: delete an existing run there and start over")
     add_config_flags(p)
+
+
+def _default_data() -> str:
+    return os.environ.get("TIANCI_DATA", "data/ci")
 
 
 def run(args) -> int:
@@ -30,16 +34,18 @@ def run(args) -> int:
         if saved.get("kind") != "gpt":
             raise TianciError(f"--resume {args.resume}: only GPT runs resume (the counting model trains in seconds)")
         preset = from_dict(saved["preset"])
-        model_flags = [k for k, v in vars(args).items() if k.startswith("cfg_model__") and v is not None]
+        model_flags = ["--" + k.split("__", 1)[1].replace("_", "-") for k, v in vars(args).items()
+                       if k.startswith("cfg_model__") and v is not None]
         if model_flags:
             raise TianciError(f"--resume: model flags cannot change on resume ({', '.join(model_flags)})")
         preset = apply_overrides(preset, args)
-        data = args.data if "--data" in sys.argv else saved["data"].get("dir", args.data)
+        # --data given (also as --data=DIR, or via main(argv)) wins; else the data the run was trained on
+        data = args.data or saved.get("data", {}).get("dir") or _default_data()
         result = train(preset, data, args.resume, resume=True)
     else:
         if not args.out:
             raise TianciError("--out RUN_DIR is required (or --resume RUN_DIR)")
         preset = apply_overrides(load_preset(args.preset), args)
-        result = train(preset, args.data, args.out, force=args.force)
+        result = train(preset, args.data or _default_data(), args.out, force=args.force)
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}))
     return 0

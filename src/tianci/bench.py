@@ -1,0 +1,239 @@
+"""The benchmark behind `tianci bench`: training and decoding speed, measured side by side.
+
+Machines are noisy (this project's CPU is shared by several people), so every comparison is made
+inside one process with the variants *interleaved*: round 1 runs fast, classic, tutorial; round 2
+runs them again; the median round of each is reported, and ratios come from those medians.
+
+Training variants, all on the same architecture and synthetic batches:
+- fast:     the trainer's path -- fused QKV + SDPA attention, chunked linear+cross-entropy
+            (tianci.losses), the preset's dtype ("auto" picks it), foreach AdamW;
+- classic:  nanoGPT's fp32 path -- SDPA attention, full (N, V) logits + F.cross_entropy;
+- tutorial: the tutorial's per-head loop attention (one Head module per head) + F.cross_entropy.
+MFU = model FLOPs/token x tokens/s / the matmul peak measured here (2048^3) for the dtype in use.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import statistics
+import time
+
+import torch
+
+from .config import Preset
+from .generate import generate
+from .model import GPT
+from .optim import build_optimizers, lr_multiplier, set_lr
+from .train import pick_device, pick_dtype, tune_malloc
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, budget_s: float = 20.0) -> dict:
+    """Measured GFLOP/s of an n^3 matmul. If the dtype is emulated (bf16 on CPUs without
+    AVX512-BF16 runs ~100x slower) a smaller size is timed instead, and `n` says which."""
+    def timed(m: int, reps: int) -> float:
+        a = torch.randn(m, m, device=device).to(dtype)
+        b = torch.randn(m, m, device=device).to(dtype)
+        a @ b
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        return (time.perf_counter() - t) / reps
+
+    probe = timed(min(n, 256), 3)
+    if probe * (n / min(n, 256)) ** 3 > budget_s:  # the full size would take too long: measure smaller
+        n = min(n, 256 if probe * 64 > budget_s else 512)
+    s = timed(n, max(1, min(20, int(budget_s / max(probe * (n / min(n, 256)) ** 3, 1e-6)))))
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops": 2 * n**3 / s / 1e9}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated CUDA memory, in MB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+class _Variant:
+    """One training path: a model, its optimizers, and how it computes the loss."""
+
+    def __init__(self, name: str, preset: Preset, device, dtype, fused: bool, attn_impl: str, seed: int):
+        self.name, self.device, self.dtype, self.fused = name, device, dtype, fused
+        cfg = copy.deepcopy(preset.model)
+        cfg.attn_impl = attn_impl
+        torch.manual_seed(seed)
+        self.model = GPT(cfg).to(device).train()
+        self.tc = copy.deepcopy(preset.train)
+        self.opts = build_optimizers(self.model, self.tc, device.type)
+        self.times: list[float] = []
+
+    def step(self, x, y, it: int) -> torch.Tensor:
+        set_lr(self.opts, self.tc, lr_multiplier(it, self.tc))
+        ctx = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
+               else torch.autocast(self.device.type, enabled=False))
+        with ctx:
+            _, loss = self.model(x, y, return_logits=not self.fused)
+        loss.backward()
+        if self.tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        for o in self.opts:
+            o.step()
+        for o in self.opts:
+            o.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def bench_train(preset: Preset, device, steps: int = 20, rounds: int = 3, warmup: int = 3,
+                variants=("fast", "classic", "tutorial"), seed: int = 0, log=None) -> dict:
+    """ms/step and tokens/s of each variant, interleaved round by round; median round reported."""
+    cfg, tc = preset.model, preset.train
+    fast_dtype = pick_dtype(tc.dtype, device)
+    B, T, V = tc.batch_size, cfg.block_size, cfg.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    data = [torch.randint(0, V, (B, T + 1), generator=g) for _ in range(8)]
+    data = [(d[:, :-1].to(device), d[:, 1:].to(device)) for d in data]
+    specs = {"fast": (fast_dtype, True, "sdpa"),
+             "classic": (torch.float32, False, "sdpa"),
+             "tutorial": (torch.float32, False, "loop")}
+    vs = [_Variant(n, preset, device, *specs[n], seed=seed) for n in variants]
+    flops = vs[0].model.flops_per_token()
+    losses = {}
+    for v in vs:  # warm up allocator, kernels and optimizer state
+        for i in range(warmup):
+            v.step(*data[i % len(data)], i)
+    for r in range(rounds):
+        for v in vs:
+            _sync(device)
+            t = time.perf_counter()
+            for i in range(steps):
+                loss = v.step(*data[i % len(data)], warmup + r * steps + i)
+            _sync(device)
+            v.times.append((time.perf_counter() - t) / steps)
+            losses[v.name] = float(loss)
+            if log:
+                log(f"  round {r + 1}/{rounds} {v.name:<8} {v.times[-1] * 1e3:8.1f} ms/step")
+    out = {"flops_per_token": flops, "tokens_per_step": B * T, "variants": {}}
+    for v in vs:
+        ms = statistics.median(v.times) * 1e3
+        out["variants"][v.name] = {
+            "dtype": str(v.dtype).replace("torch.", ""), "fused_loss": v.fused,
+            "attn_impl": v.model.config.attn_impl, "ms_per_step": ms,
+            "ms_per_step_all": [t * 1e3 for t in v.times], "tokens_per_s": B * T / (ms / 1e3),
+            "loss_last": losses[v.name]}
+    return out
+
+
+@torch.no_grad()
+def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: float = 60.0,
+                 seed: int = 0, log=None) -> dict:
+    """Decode tokens/s with and without the KV cache (random weights: speed only), plus prefill.
+    A no-cache run that exceeds max_s stops early and reports the tokens it produced."""
+    torch.manual_seed(seed)
+    model = GPT(copy.deepcopy(cfg)).to(device).eval()
+    out = {}
+    for B in batches:
+        for use_cache in (True, False):
+            idx = torch.zeros((B, 1), dtype=torch.long, device=device)
+            gen = torch.Generator(device=device).manual_seed(seed)
+            n, t = 0, time.perf_counter()
+            for _ in generate(model, idx, new_tokens, temperature=1.0, generator=gen, use_cache=use_cache):
+                n += 1
+                if time.perf_counter() - t > max_s:
+                    break
+            _sync(device)
+            s = time.perf_counter() - t
+            key = f"b{B}_{'cache' if use_cache else 'nocache'}"
+            out[key] = {"batch": B, "tokens": n, "seconds": s, "tokens_per_s": B * n / s, "steps_per_s": n / s}
+            if log:
+                log(f"  decode batch {B} {'cache   ' if use_cache else 'no cache'} {n} steps "
+                    f"{B * n / s:9.1f} tokens/s")
+    # prefill: one pass over a full block of prompt into the cache
+    x = torch.randint(0, cfg.vocab_size, (1, cfg.block_size), device=device)
+    times = []
+    for _ in range(3):
+        cache = model.new_kv_cache(1)
+        _sync(device)
+        t = time.perf_counter()
+        model(x, kv_cache=cache)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    out["prefill_ms"] = min(times) * 1e3
+    out["prefill_tokens"] = cfg.block_size
+    return out
+
+
+def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "auto", steps: int = 20,
+              rounds: int = 3, decode_tokens: int = 200, decode_max_s: float = 60.0, malloc: bool = True,
+              variants=("fast", "classic", "tutorial"), bf16_peak: bool = False, peak_n: int = 2048,
+              log=None) -> dict:
+    dev = pick_device(device)
+    tuned = tune_malloc() if malloc and dev.type == "cpu" else False
+    res = {"preset": preset.name, "device": str(dev), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "malloc_tuned": tuned, "config": {
+               k: getattr(preset.model, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                                                     "pos", "norm", "mlp_act", "tie_embeddings")}}
+    res["config"]["batch_size"] = preset.train.batch_size
+    fast_dtype = pick_dtype(preset.train.dtype, dev)
+    peaks = {"float32": matmul_peak(torch.float32, dev, n=peak_n)}
+    if dev.type == "cuda" or fast_dtype != torch.float32 or bf16_peak:
+        peaks["bfloat16"] = matmul_peak(torch.bfloat16, dev, n=peak_n)
+    res["matmul_peak"] = peaks
+    if log:
+        log("matmul peak: " + ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s (n={v['n']})" for k, v in peaks.items()))
+    if steps > 0:
+        tr = bench_train(preset, dev, steps=steps, rounds=rounds, variants=variants, log=log)
+        for v in tr["variants"].values():
+            peak = peaks.get(v["dtype"], peaks["float32"])["gflops"]
+            v["mfu"] = tr["flops_per_token"] * v["tokens_per_s"] / (peak * 1e9)
+        base = tr["variants"].get("classic")
+        if base:
+            for v in tr["variants"].values():
+                v["speedup_vs_classic"] = base["ms_per_step"] / v["ms_per_step"]
+        res["train"] = tr
+    res["peak_memory_mb_after_train"] = peak_memory_mb(dev)
+    if decode_preset is not None and decode_tokens > 0:
+        dec = bench_decode(decode_preset.model, dev, new_tokens=decode_tokens, max_s=decode_max_s, log=log)
+        for B in (1, 8):
+            c, nc = dec.get(f"b{B}_cache"), dec.get(f"b{B}_nocache")
+            if c and nc:
+                dec[f"b{B}_cache_speedup"] = c["tokens_per_s"] / nc["tokens_per_s"]
+        dec["preset"] = decode_preset.name
+        res["decode"] = dec
+    res["peak_memory_mb"] = peak_memory_mb(dev)
+    return res
+
+
+def format_table(res: dict) -> str:
+    lines = [f"tianci bench  preset={res['preset']}  device={res['device']}  threads={res['threads']}  "
+             f"torch={res['torch']}  malloc_tuned={res['malloc_tuned']}"]
+    lines.append("matmul peak: " + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s (n={v['n']})"
+                                             for k, v in res["matmul_peak"].items()))
+    if "train" in res:
+        tr = res["train"]
+        lines.append(f"training: {tr['tokens_per_step']} tokens/step, {tr['flops_per_token'] / 1e6:.2f} MFLOP/token")
+        lines.append(f"  {'variant':<9}{'dtype':<10}{'loss':<9}{'attn':<6}{'ms/step':>9}{'tokens/s':>11}"
+                     f"{'MFU':>8}{'vs classic':>12}")
+        for name, v in tr["variants"].items():
+            lines.append(f"  {name:<9}{v['dtype']:<10}{'fused' if v['fused_loss'] else 'full':<9}{v['attn_impl']:<6}"
+                         f"{v['ms_per_step']:9.1f}{v['tokens_per_s']:11.0f}{v['mfu'] * 100:7.1f}%"
+                         f"{v.get('speedup_vs_classic', float('nan')):11.2f}x")
+    if "decode" in res:
+        d = res["decode"]
+        lines.append(f"decoding ({d['preset']} model, random weights): prefill {d['prefill_tokens']} tokens "
+                     f"{d['prefill_ms']:.1f} ms")
+        for B in (1, 8):
+            c, nc = d.get(f"b{B}_cache"), d.get(f"b{B}_nocache")
+            if c and nc:
+                lines.append(f"  batch {B}: KV cache {c['tokens_per_s']:8.1f} tokens/s ({c['tokens']} steps)  "
+                             f"recompute {nc['tokens_per_s']:7.1f} tokens/s ({nc['tokens']} steps)  "
+                             f"speedup {d[f'b{B}_cache_speedup']:.1f}x")
+    lines.append(f"peak memory: {res['peak_memory_mb_after_train']:.0f} MB after training, "
+                 f"{res['peak_memory_mb']:.0f} MB at the end")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""`tianci bench`: training and decoding speed of the fast and classic paths, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import add_config_flags, apply_overrides, load_preset
+from ..errors import TianciError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", default="nanogpt-cpu", help="training config to benchmark (default nanogpt-cpu)")
+    p.add_argument("--decode-preset", default="ci-gpu",
+                   help="model config for the decoding benchmark (default ci-gpu: the tutorial's 6x384, block 256)")
+    p.add_argument("--vocab", type=int, default=6104, help="vocabulary size (default 6104: the ci char vocabulary)")
+    p.add_argument("--steps", type=int, default=20, help="training steps per variant per round (0 = skip training)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
+    p.add_argument("--variants", default="fast,classic,tutorial", help="comma list of fast,classic,tutorial")
+    p.add_argument("--decode-tokens", type=int, default=200, help="new tokens per decode run (0 = skip decoding)")
+    p.add_argument("--decode-max-s", type=float, default=60.0, help="stop a decode run after this many seconds")
+    p.add_argument("--no-malloc-tune", action="store_true", help="leave glibc malloc at its defaults")
+    p.add_argument("--peak-size", type=int, default=2048, help="matmul size for the measured peak (default 2048)")
+    p.add_argument("--bf16-peak", action="store_true", help="also measure the bf16 matmul peak")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' = stdout)")
+    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    add_config_flags(p, sections=("model", "train"))
+
+
+def run(args) -> int:
+    import sys
+
+    from ..bench import format_table, run_bench
+
+    variants = tuple(v for v in args.variants.split(",") if v)
+    bad = [v for v in variants if v not in ("fast", "classic", "tutorial")]
+    if bad or not variants:
+        raise TianciError(f"--variants {args.variants!r}: expected a comma list of fast,classic,tutorial")
+    if args.steps < 0 or args.rounds < 1 or args.decode_tokens < 0 or args.vocab < 2:
+        raise TianciError("--steps and --decode-tokens must be >= 0, --rounds >= 1, --vocab >= 2")
+    preset = load_preset(args.preset)
+    preset.model.vocab_size = args.vocab
+    preset = apply_overrides(preset, args)
+    dec = None
+    if args.decode_tokens > 0:
+        dec = load_preset(args.decode_preset)
+        dec.model.vocab_size = args.vocab
+        dec.model.dropout = 0.0
+    log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    res = run_bench(preset, dec, device=preset.train.device, steps=args.steps, rounds=args.rounds,
+                    decode_tokens=args.decode_tokens, decode_max_s=args.decode_max_s,
+                    malloc=not args.no_malloc_tune, variants=variants, bf16_peak=args.bf16_peak,
+                    peak_n=args.peak_size, log=log)
+    print(format_table(res))
+    text = json.dumps(res, indent=2)
+    if args.json == "-":
+        print(text)
+    elif args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,177 @@
+"""The fast paths compute the same function as the classic ones: fused loss, modern switches,
+Muon, bf16 autocast, the benchmark's plumbing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from tianci import losses
+from tianci.config import GPTConfig, TrainConfig, load_preset
+from tianci.losses import linear_cross_entropy
+from tianci.model import GPT
+from tianci.optim import build_optimizers
+
+V = 37
+
+
+def tiny_cfg(**kw) -> GPTConfig:
+    base = dict(vocab_size=V, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def reference(h, w, t, softcap=0.0):
+    z = h @ w.t()
+    if softcap > 0:
+        z = softcap * torch.tanh(z / softcap)
+    return F.cross_entropy(z, t)
+
+
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+@pytest.mark.parametrize("chunk", [64, 1 << 21])  # many chunks (ragged last one) / one chunk
+def test_fused_loss_equals_cross_entropy(monkeypatch, softcap, chunk):
+    """Guards the chunked linear+CE against wrong values or gradients (chunk borders, softcap, the
+    gradient computed in forward and scaled in backward)."""
+    monkeypatch.setattr(losses, "CHUNK_ELEMS", chunk)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(45, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(V, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randint(0, V, (45,), generator=g)
+    a = linear_cross_entropy(h, w, t, softcap)
+    b = reference(h, w, t, softcap)
+    ga = torch.autograd.grad(3.0 * a, (h, w))  # a non-unit upstream gradient must be honoured
+    gb = torch.autograd.grad(3.0 * b, (h, w))
+    assert torch.allclose(a, b, atol=1e-12)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, atol=1e-12)
+
+
+def test_fused_loss_ignore_index_and_no_grad():
+    """Guards ignored targets (-100) being counted, and the no_grad (eval) path returning a different loss."""
+    g = torch.Generator().manual_seed(1)
+    h, w = torch.randn(20, 8, generator=g), torch.randn(V, 8, generator=g)
+    t = torch.randint(0, V, (20,), generator=g)
+    t[::3] = -100
+    with torch.no_grad():
+        a = linear_cross_entropy(h, w, t)
+    assert torch.allclose(a, F.cross_entropy(h @ w.t(), t), atol=1e-5)
+
+
+def test_fused_loss_gradcheck():
+    """Guards the hand-written backward against any analytic slip (finite differences)."""
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(9, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randint(0, 9, (6,), generator=g)
+    assert torch.autograd.gradcheck(lambda a, b: linear_cross_entropy(a, b, t, 3.0), (h, w))
+
+
+MODERN = {
+    "rope": dict(pos="rope"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "qk_norm": dict(qk_norm=True),
+    "relu2": dict(mlp_act="relu2"),
+    "swiglu": dict(mlp_act="swiglu"),
+    "gelu": dict(mlp_act="gelu"),
+    "tied": dict(tie_embeddings=True),
+    "zero_init": dict(zero_init_proj=True),
+    "softcap": dict(logit_softcap=10.0),
+    "all": dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=True,
+                zero_init_proj=True, logit_softcap=15.0, bias=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODERN))
+def test_modern_switch_trains_and_stays_causal(name):
+    """Guards each modern option: builds, fused loss == full loss, a few AdamW steps lower the loss
+    on a fixed batch, and a future token never changes an earlier position's logits."""
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg(**MODERN[name]))
+    x = torch.randint(0, V, (4, 16))
+    y = torch.roll(x, -1, dims=1)
+    _, full = model(x, y)
+    _, fused = model(x, y, return_logits=False)
+    assert torch.allclose(full, fused, atol=1e-5)
+    opt = build_optimizers(model, TrainConfig(learning_rate=3e-3, weight_decay=0.0), "cpu")
+    first = None
+    for _ in range(8):
+        _, loss = model(x, y, return_logits=False)
+        first = loss.item() if first is None else first
+        loss.backward()
+        for o in opt:
+            o.step()
+            o.zero_grad()
+    assert model(x, y)[1].item() < first - 0.05
+    model.eval()
+    with torch.no_grad():
+        a, _ = model(x)
+        x2 = x.clone()
+        x2[:, 10:] = (x2[:, 10:] + 1) % V
+        b, _ = model(x2)
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_muon_reduces_loss():
+    """Guards optimizer='muon' (torch.optim.Muon on 2-D hidden weights, AdamW for the rest): every
+    parameter is optimised exactly once and steps lower the loss."""
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg(pos="rope", norm="rmsnorm", mlp_act="relu2", bias=False))
+    tc = TrainConfig(optimizer="muon", learning_rate=3e-3, muon_lr=0.02)
+    opts = build_optimizers(model, tc, "cpu")
+    assert type(opts[0]).__name__ == "Muon"
+    owned = [id(p) for o in opts for g in o.param_groups for p in g["params"]]
+    assert sorted(owned) == sorted(id(p) for p in model.parameters())
+    x = torch.randint(0, V, (4, 16))
+    y = torch.roll(x, -1, dims=1)
+    before = model(x, y)[1].item()
+    for _ in range(10):
+        _, loss = model(x, y, return_logits=False)
+        loss.backward()
+        for o in opts:
+            o.step()
+            o.zero_grad()
+    assert model(x, y)[1].item() < before - 0.1
+
+
+def test_bf16_autocast_path_runs():
+    """Guards the bf16 autocast path (CUDA, bf16 CPUs): fused loss under autocast is finite, close
+    to fp32, and gives fp32 gradients for fp32 master weights."""
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg(n_layer=1))
+    x = torch.randint(0, V, (2, 16))
+    y = torch.roll(x, -1, dims=1)
+    _, ref = model(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(x, y, return_logits=False)
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - ref.item()) < 0.05
+    assert model.lm_head.weight.grad.dtype == torch.float32
+
+
+def test_cpu_auto_dtype_is_fp32_and_malloc_tune_is_safe():
+    """Guards 'auto' choosing bf16 on CPU (measured 1.0x on bf16 CPUs, ~70x slower without AVX512-BF16)."""
+    from tianci.train import pick_dtype, tune_malloc
+
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert isinstance(tune_malloc(), bool)
+
+
+def test_bench_smoke():
+    """Guards `tianci bench` plumbing: every variant reported with ms/step, MFU, speedups, decode rates."""
+    from tianci.bench import format_table, run_bench
+
+    pr = load_preset("nanogpt-cpu")
+    pr.model = tiny_cfg()
+    pr.train.batch_size = 2
+    dec = copy.deepcopy(pr)
+    res = run_bench(pr, dec, steps=1, rounds=1, decode_tokens=3, decode_max_s=5, peak_n=128)
+    for v in ("fast", "classic", "tutorial"):
+        r = res["train"]["variants"][v]
+        assert r["ms_per_step"] > 0 and r["mfu"] > 0 and r["speedup_vs_classic"] > 0
+    assert res["decode"]["b1_cache"]["tokens"] == 3 and res["decode"]["b8_nocache"]["tokens_per_s"] > 0
+    assert "vs classic" in format_table(res)

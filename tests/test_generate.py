@@ -1,0 +1,290 @@
+"""Sampling (tianci.generate): KV cache == no cache, context cropping, the logit filters, hooks,
+stop strings and seeded reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tianci.config import GPTConfig
+from tianci.errors import TianciError
+from tianci.generate import SampleOptions, complete, filter_logits, generate, stream
+from tianci.model import GPT
+from tianci.tokenizer import CharTokenizer
+
+torch.set_num_threads(1)  # tiny tensors; see test_model.py
+
+V = 37
+CONFIGS = {
+    "learned-sdpa": dict(pos="learned", attn_impl="sdpa"),
+    "learned-loop": dict(pos="learned", attn_impl="loop"),
+    "rope-qknorm-sdpa": dict(pos="rope", qk_norm=True, attn_impl="sdpa", norm="rmsnorm"),
+    "rope-loop-single": dict(pos="rope", attn="single", attn_impl="loop"),
+    "bigram": dict(pos="none", attn="none", mlp=False),
+}
+
+
+def make_model(name: str, block_size: int = 16, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=V, block_size=block_size, n_layer=2, n_head=4, n_embd=32, init_std=0.3,
+                    **CONFIGS[name])
+    return GPT(cfg).eval()
+
+
+def prompt(B: int, T: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- the KV cache
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("chunks", [(5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), (1,) * 16, (7, 4, 5), (16,)])
+def test_cached_logits_equal_full_forward(name, chunks):
+    """Guards: a KV cache that writes keys at the wrong offset, forgets RoPE's position offset,
+    masks a chunk's queries wrongly, or loses learned positions: the logits of every position
+    computed through the cache (prefill + one token at a time, or chunked) must equal one full
+    forward pass."""
+    m = make_model(name)
+    idx = prompt(2, 16)
+    full, _ = m(idx)
+    cache = m.new_kv_cache(2)
+    outs, t = [], 0
+    with torch.no_grad():
+        for n in chunks:
+            out, _ = m(idx[:, t:t + n], kv_cache=cache)
+            outs.append(out)
+            t += n
+    assert cache.pos == 16
+    assert torch.allclose(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cache_past_block_size_is_an_error(name):
+    """Guards: a cache that silently writes past its preallocated length (wrong keys, or a crash deep in torch)."""
+    m = make_model(name, block_size=8)
+    cache = m.new_kv_cache(1)
+    m(prompt(1, 8), kv_cache=cache)
+    with pytest.raises(ValueError, match="block_size"):
+        m(prompt(1, 1), kv_cache=cache)
+
+
+def greedy_reference(m: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """The tutorial's loop, written out: crop to the last block_size tokens, argmax, append."""
+    seq = idx
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = m(seq[:, -m.config.block_size:])
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return seq[:, idx.size(1):]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("T,n", [(3, 10), (3, 30), (25, 12), (1, 1)])
+def test_greedy_decoding_same_with_and_without_cache(name, T, n):
+    """Guards: cached decoding drifting from uncached decoding, wrong cropping when generating past
+    block_size (T+n > 16), and prompts longer than block_size (T=25) not cropped to their tail."""
+    m = make_model(name)
+    idx = prompt(3, T)
+    ref = greedy_reference(m, idx, n)
+    for use_cache in (True, False):
+        toks = torch.stack(list(generate(m, idx, n, temperature=0.0, use_cache=use_cache)), 1)
+        assert torch.equal(toks, ref), use_cache
+
+
+def test_tiny_block_size_generates():
+    """Guards: off-by-one cropping at block_size=1 (an empty or ever-growing context)."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=V, block_size=1, n_layer=1, n_head=2, n_embd=8)).eval()
+    idx = prompt(1, 4)
+    ref = greedy_reference(m, idx, 5)
+    for use_cache in (True, False):
+        assert torch.equal(torch.stack(list(generate(m, idx, 5, temperature=0, use_cache=use_cache)), 1), ref)
+
+
+def test_sampled_decoding_same_with_and_without_cache():
+    """Guards: the cache changing the sampling distribution (not just greedy): with the same
+    generator seed, cached and uncached multinomial sampling must draw the same tokens."""
+    m = make_model("learned-sdpa")
+    idx = prompt(2, 4)
+    runs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(42)
+        runs.append(torch.stack(list(generate(m, idx, 20, temperature=1.0, top_k=10, generator=g,
+                                              use_cache=use_cache)), 1))
+    assert torch.equal(*runs)
+
+
+def test_generate_is_lazy_and_hook_restricts_tokens():
+    """Guards: an eager generator (the composer must see token t before the hook runs for t+1) and
+    a logits_hook that is applied after filtering or ignored (tokens outside the allowed set)."""
+    m = make_model("learned-sdpa")
+    allowed = torch.tensor([3, 5, 7])
+    calls: list[int] = []
+    seen: list[int] = []
+
+    def hook(logits, step):
+        assert logits.dtype == torch.float32 and logits.shape == (2, V)
+        assert len(seen) == step  # the consumer has seen every earlier token
+        calls.append(step)
+        out = torch.full_like(logits, float("-inf"))
+        out[:, allowed] = logits[:, allowed]
+        return out
+
+    g = torch.Generator().manual_seed(0)
+    for tok in generate(m, prompt(2, 3), 12, temperature=1.5, top_p=0.9, generator=g, logits_hook=hook):
+        assert set(tok.tolist()) <= set(allowed.tolist())
+        seen.append(int(tok[0]))
+    assert calls == list(range(12))
+
+
+# ----------------------------------------------------------------------------- the logit filters
+
+logit_rows = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=2, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(row=logit_rows, k=st.integers(1, 45))
+def test_top_k_keeps_the_k_largest(row, k):
+    """Guards: top-k keeping the wrong tokens, fewer than k, or (off by one) k+1 distinct values."""
+    x = torch.tensor([row])
+    out = filter_logits(x, 1.0, top_k=k)
+    kept = torch.isfinite(out[0])
+    if k >= len(row):
+        assert kept.all()
+        return
+    assert kept.sum() >= k  # ties at the k-th value are all kept
+    assert x[0][kept].min() >= x[0][~kept].max() if (~kept).any() else True
+    assert len(set(x[0][kept].tolist())) <= k
+    assert torch.equal(out[0][kept], x[0][kept])
+
+
+@settings(max_examples=60, deadline=None)
+@given(row=logit_rows, p=st.floats(0.01, 0.99))
+def test_top_p_keeps_the_smallest_nucleus(row, p):
+    """Guards: top-p dropping the token that crosses the threshold (nucleus mass < p), keeping
+    too many, or dropping the most likely token."""
+    x = torch.tensor([row])
+    out = filter_logits(x, 1.0, top_p=p)
+    kept = torch.isfinite(out[0])
+    probs = torch.softmax(x[0].double(), -1)
+    assert kept[x[0].argmax()]
+    assert probs[kept].sum() >= p - 1e-5  # the nucleus covers p
+    # minimal: without its least likely member it would not (up to ties)
+    smallest = probs[kept].min()
+    assert probs[kept].sum() - smallest < p + 1e-5
+    if (~kept).any():
+        assert x[0][kept].min() >= x[0][~kept].max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(row=logit_rows, temp=st.floats(0.05, 5.0))
+def test_temperature_scales_logits(row, temp):
+    """Guards: temperature applied as a multiplier or after top-p (changing the nucleus)."""
+    x = torch.tensor([row])
+    out = filter_logits(x, temp)
+    assert torch.allclose(torch.softmax(out, -1), torch.softmax(x / temp, -1), atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(row=logit_rows, masked=st.sets(st.integers(0, 39), max_size=30), k=st.integers(1, 5),
+       p=st.floats(0.1, 1.0))
+def test_filters_respect_masked_tokens(row, masked, k, p):
+    """Guards: a filter that resurrects tokens a hook set to -inf, or returns NaN when many are masked."""
+    x = torch.tensor([row])
+    masked = [i for i in masked if i < len(row)][: len(row) - 1]  # keep at least one token
+    x[0, masked] = float("-inf")
+    for out in (filter_logits(x, 0.7, top_k=k, top_p=p), filter_logits(x, 0.0)):
+        assert not torch.isnan(out).any()
+        assert torch.isinf(out[0, masked]).all()
+        assert torch.isfinite(out).any()
+        probs = torch.softmax(out, -1)
+        assert not torch.isnan(probs).any() and math.isclose(probs.sum().item(), 1.0, rel_tol=1e-5)
+
+
+def test_greedy_filter_breaks_ties_to_the_first():
+    """Guards: temperature 0 keeping several tied tokens (non-deterministic greedy decoding)."""
+    out = filter_logits(torch.tensor([[1.0, 3.0, 3.0, 0.0]]), 0.0)
+    assert torch.isfinite(out).tolist() == [[False, True, False, False]]
+
+
+# ----------------------------------------------------------------------------- text level: stream / complete
+
+class ScriptModel(nn.Module):
+    """A stand-in model that greedily 'writes' SCRIPT after the prompt, one character per step."""
+
+    def __init__(self, tok: CharTokenizer, script: str, prompt_len: int):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.tok, self.ids, self.prompt_len = tok, tok.encode(script), prompt_len
+        self.config = GPTConfig(vocab_size=tok.vocab_size, block_size=1000)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        logits = torch.zeros(idx.size(0), idx.size(1), self.tok.vocab_size)
+        k = idx.size(1) - self.prompt_len
+        logits[:, -1, self.ids[k % len(self.ids)]] = 10.0
+        return logits, None
+
+
+TOK = CharTokenizer.from_text("春花秋月何时了往事知多少\n 浣溪沙李煜")
+
+
+def script_run(script: str, prompt: str = "春", n: int = 1, **opts) -> list:
+    m = ScriptModel(TOK, script, len(prompt))
+    return complete(m, TOK, prompt, n, SampleOptions(temperature=0.0, **opts))
+
+
+def test_stop_at_end_stops_at_the_blank_line():
+    """Guards: --stop-at-end printing the blank line or the next poem's title, or missing a stop
+    string split over two tokens ("\\n" then "\\n")."""
+    [c] = script_run("花秋月\n何时了\n\n浣溪沙 李煜\n", stop_at_end=True, max_new_tokens=50)
+    assert (c.text, c.finish_reason) == ("花秋月\n何时了", "stop")
+    assert c.completion_tokens == len("花秋月\n何时了\n\n") and c.prompt_tokens == 1
+
+
+def test_stop_strings_and_length():
+    """Guards: a stop string that is kept in the output, found only inside one piece, or a
+    max_new_tokens that is off by one."""
+    [c] = script_run("花秋月何时了", stop=("月何",), max_new_tokens=50)
+    assert (c.text, c.finish_reason) == ("花秋", "stop")
+    [c] = script_run("花秋月何时了", max_new_tokens=4)
+    assert (c.text, c.finish_reason, c.completion_tokens) == ("花秋月何", "length", 4)
+    [c] = script_run("花秋月何时了", stop=("往事",), max_new_tokens=0)
+    assert (c.text, c.finish_reason, c.completion_tokens) == ("", "length", 0)
+
+
+def test_stream_events_concatenate_to_completions():
+    """Guards: streamed pieces that do not add up to the final text, or samples not finished exactly once."""
+    m = ScriptModel(TOK, "花秋月\n\n", 1)
+    events = list(stream(m, TOK, "春", 2, SampleOptions(temperature=0.0, max_new_tokens=10, stop_at_end=True)))
+    for i in range(2):
+        mine = [e for e in events if e.index == i]
+        assert "".join(e.text for e in mine) == "花秋月"
+        assert [e.finished for e in mine].count(True) == 1 and mine[-1].finished
+        assert mine[-1].finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible():
+    """Guards: --seed not reaching the sampler (different poems for the same seed)."""
+    m = make_model("learned-sdpa")
+    tok = CharTokenizer([chr(0x4E00 + i) for i in range(V - 1)] + ["\n"])
+    opts = dict(temperature=1.0, max_new_tokens=30, top_k=20)
+    a = complete(m, tok, tok.decode([1, 2]), 2, SampleOptions(seed=7, **opts))
+    b = complete(m, tok, tok.decode([1, 2]), 2, SampleOptions(seed=7, **opts))
+    c = complete(m, tok, tok.decode([1, 2]), 2, SampleOptions(seed=8, **opts))
+    assert [x.text for x in a] == [x.text for x in b]
+    assert [x.text for x in a] != [x.text for x in c]
+    assert a[0].text != a[1].text  # the rows of one call are independent samples
+    assert not m.training  # stream leaves the mode as it found it
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(temperature=11.0), dict(top_p=0.0),
+                                 dict(top_p=1.5), dict(top_k=-1), dict(max_new_tokens=-1)])
+def test_bad_sample_options_raise(bad):
+    """Guards: out-of-range sampling options reaching torch (a traceback) instead of a TianciError."""
+    with pytest.raises(TianciError, match=next(iter(bad))):
+        SampleOptions(**bad).validate()
