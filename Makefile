@@ -39,10 +39,10 @@ demo: install
 	-$(PY) -m tianci compose --run $(RUN) --cipai 浣溪沙
 
 test: install
-	$(PY) -m pytest -q -ra
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -ra
 
 test-fast: install
-	$(PY) -m pytest -q -ra -m "not slow"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -ra -m "not slow"
 
 bench: install
 	$(PY) -m tianci bench

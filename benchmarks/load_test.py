@@ -100,6 +100,7 @@ def main() -> int:
     ap.add_argument("--prompt", default="浣溪沙 ")
     ap.add_argument("--model", default=None)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for --run (0: torch's default)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
     if not args.url and not args.run:
@@ -112,6 +113,10 @@ def main() -> int:
         from server_fixtures import start_server, stop_server  # the tests' loopback launcher
         from tianci.server import create_app
         from tianci.server_limits import Limits
+
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
 
         server, thread, url = start_server(create_app(args.run, load_cipu=False, limits=Limits(max_waiting=256)))
     try:

@@ -122,7 +122,8 @@ def test_attention_command_with_and_without_cjk_font(tmp_path, monkeypatch):
     chars = "春花秋月何时了往事知多少小楼昨夜又东风。"
     run = _save_run(tmp_path, _tiny_model("sdpa"), chars)
     out1 = tmp_path / "a.png"
-    assert main(["attention", "--run", str(run), "--text", "春花秋月何时了", "--layer", "1", "--out", str(out1)]) == 0
+    args = ["attention", "--run", str(run), "--text", "春花秋月何时了", "--layer", "1", "--out", str(out1)]
+    assert main(args) == 0
     assert out1.read_bytes()[:8] == PNG
     monkeypatch.setattr(plot, "find_cjk_font", lambda: None)
     out2 = tmp_path / "b.png"

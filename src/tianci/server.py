@@ -257,7 +257,7 @@ def _listing(app: FastAPI, cp) -> list[dict]:
     rows = getattr(app.state, "cipai_rows", None)
     if rows is None:
         rows = [{"name": e.names[0], "aliases": e.names[1:], "source": "词谱" if e.idx is not None else "corpus",
-                 "count": cp.count(e), "pinyin": [p for p in e.pinyins if p]} for e in cp.entries]
+                 "count": cp.count(e), "pinyin": list(dict.fromkeys(p for p in e.pinyins if p))} for e in cp.entries]
         rows.sort(key=lambda r: (-r["count"], r["name"]))
         app.state.cipai_rows = rows
     return rows

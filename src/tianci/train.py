@@ -312,8 +312,6 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
             self.step += 1
             self.tokens += tokens_per_step * self.world
-            if tc.ckpt_interval and self.step % tc.ckpt_interval == 0:
-                self._checkpoint()
             if self.step % tc.log_interval == 0:
                 now = time.perf_counter()
                 train_loss = (loss_acc / n_acc).item()  # the only host sync of a step, when logging
@@ -326,6 +324,9 @@ class Trainer:
                            "tok_per_s": round(tps, 1)})
                 if bar is not None:
                     bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            # after the log line: a kill in between loses no logged step (resume drops later lines)
+            if tc.ckpt_interval and self.step % tc.ckpt_interval == 0:
+                self._checkpoint()
             if bar is not None:
                 bar.update(1)
         if bar is not None:

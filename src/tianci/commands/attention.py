@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="a GPT run directory (the +self-attention rung or later)")
@@ -25,6 +27,6 @@ def run(args) -> int:
     ids = ids[-run.model.config.block_size:]  # the model sees at most block_size tokens
     w = attention_weights(run.model, torch.tensor([ids], dtype=torch.long), args.layer)
     tokens = [run.tokenizer.token_text(i) for i in ids]
-    out = plot_attention(w, tokens, args.out, title=f"{args.run}: layer {args.layer}, {w.shape[0]} head(s)")
+    out = plot_attention(w, tokens, args.out, title=f"{Path(args.run).resolve().name}: layer {args.layer}, {w.shape[0]} head(s)")
     print(f"wrote {out}")
     return 0

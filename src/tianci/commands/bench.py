@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--peak-size", type=int, default=2048, help="matmul size for the measured peak (default 2048)")
     p.add_argument("--bf16-peak", action="store_true", help="also measure the bf16 matmul peak")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-' = stdout)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     add_config_flags(p, sections=("model", "train"))
 
@@ -30,7 +31,12 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
+    import torch
+
     from ..bench import format_table, run_bench
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     variants = tuple(v for v in args.variants.split(",") if v)
     bad = [v for v in variants if v not in ("fast", "classic", "tutorial")]
