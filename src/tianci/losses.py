@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: rows with this target do not count
-CHUNK_ELEMS = int(os.environ.get("TIANCI_CE_CHUNK", 1 << 21))  # logits per chunk (8 MB fp32; tuned below)
+CHUNK_ELEMS = int(os.environ.get("TIANCI_CE_CHUNK", 1 << 21))  # logits per chunk (8 MB fp32)
 
 
 def _chunk_rows(n: int, v: int) -> int:
@@ -37,8 +37,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h, weight, targets, softcap: float, mm_dtype):
         n, v = h.shape[0], weight.shape[0]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        valid = targets != IGNORE_INDEX
-        count = valid.sum().clamp(min=1)
+        count = (targets != IGNORE_INDEX).sum().clamp(min=1)
         # matmuls in mm_dtype (bf16 where it pays off, e.g. CUDA), softmax and accumulation in fp32
         w_mm = weight.to(mm_dtype)
         h_mm = h.to(mm_dtype)
@@ -76,7 +75,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 z.mul_(1 - t * t)  # through c * tanh(z / c)
             g = z.to(mm_dtype)
             if dh is not None:
-                dh[s:e] = g @ w_mm
+                if mm_dtype == acc:
+                    torch.mm(g, w_mm, out=dh[s:e])
+                else:
+                    dh[s:e] = g @ w_mm
             if dw is not None:
                 if mm_dtype == acc:
                     dw.addmm_(g.t(), hc)  # accumulate in place: no (V, C) temporary per chunk
