@@ -71,6 +71,8 @@ class _Variant:
         torch.manual_seed(seed)
         self.model = GPT(cfg).to(device).train()
         self.tc = copy.deepcopy(preset.train)
+        if name != "fast":  # the classic paths are nanoGPT's: AdamW
+            self.tc.optimizer = "adamw"
         self.opts = build_optimizers(self.model, self.tc, device.type)
         self.times: list[float] = []
 

@@ -149,7 +149,10 @@ def run_rung(name: str, preset: Preset, data_dir: Path, opts: LadderOptions, lab
         result = train(preset, data_dir, run_dir, resume=resumable, force=not resumable, quiet=True)
         row = _gpt_row(preset, run_dir, result)
         sample = _sample_gpt(run_dir, opts)
-    row.update(rung=label, preset=name, adds=preset.rung or preset.description, kind=preset.kind,
+    adds = preset.rung or preset.description
+    if meta.get("tokenizer") == "bpe":
+        adds = f"BPE tokens (vocab {meta['vocab_size']:,}) instead of characters"
+    row.update(rung=label, preset=name, adds=adds, kind=preset.kind,
                tokenizer=meta.get("tokenizer", "char"), vocab_size=meta["vocab_size"],
                tokens_per_char=meta["val_tokens"] / max(1, meta["val_chars"]), sample=sample,
                train_bpc=row["train_loss"] / LN2, val_bpc=row["val_loss"] / LN2, run_dir=str(run_dir),
@@ -274,6 +277,12 @@ def run_ladder(opts: LadderOptions) -> dict:
 
 
 def _run_ladder(opts: LadderOptions, data_dir: Path, out: Path) -> dict:
+    from .tokenizer import load_tokenizer
+
+    try:  # fail before training, not after the first rung, when the prompt cannot be encoded
+        load_tokenizer(data_dir / "tokenizer.json").encode(opts.prompt)
+    except TianciError as e:
+        raise TianciError(f"--prompt {opts.prompt!r}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     plan = [(name, rung_preset(name, opts), data_dir, name) for name in opts.rungs]
     if opts.bpe_vocab:
@@ -293,10 +302,14 @@ def _run_ladder(opts: LadderOptions, data_dir: Path, out: Path) -> dict:
             bar.finish()
     finally:
         bar.close()
-    prev = None
+    prev, by_label = None, {}
     for r in rows:
-        r["delta_val"] = None if prev is None else r["val_loss"] - prev
+        # the BPE rung compares with the same model on characters; every other rung with the one before
+        base = by_label.get(r["preset"]) if r["tokenizer"] == "bpe" else None
+        ref = base["val_loss"] if base is not None else prev
+        r["delta_val"] = None if ref is None else r["val_loss"] - ref
         prev = r["val_loss"]
+        by_label.setdefault(r["rung"], r)
     report = {"machine": machine(), "budget_seconds": opts.budget_seconds, "token_budget": opts.token_budget,
               "data": str(data_dir), "prompt": opts.prompt, "seed": opts.seed, "temperature": opts.temperature,
               "rungs": [{k: v for k, v in r.items() if k != "fingerprint"} for r in rows]}

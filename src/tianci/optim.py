@@ -40,12 +40,71 @@ def _adamw(params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
 
 
 def make_muon(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if not hasattr(torch.optim, "Muon"):
-        raise RuntimeError("optimizer='muon' needs torch >= 2.9 (torch.optim.Muon)")
-    opt = torch.optim.Muon(params, lr=cfg.muon_lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+    opt = Muon(params, lr=cfg.muon_lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
     for g in opt.param_groups:
         g["lr_scale"] = cfg.muon_lr / cfg.learning_rate
     return opt
+
+
+def _newton_schulz(g: torch.Tensor, steps: int, coeffs, eps: float) -> torch.Tensor:
+    """Approximately orthogonalise g (replace its singular values by ~1) with a quintic iteration."""
+    a, b, c = coeffs
+    x = g / (g.norm() + eps)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.t()
+    for _ in range(steps):
+        m = x @ x.t()
+        x = a * x + (b * m + c * (m @ m)) @ x
+    return x.t() if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Keller Jordan; the algorithm and defaults of torch.optim.Muon, torch >= 2.9).
+
+    Why our own: torch.optim.Muon runs Newton-Schulz in bf16, which CPUs without AVX512-BF16
+    emulate ~70x slower than fp32 (measured: 1.57 s per optimizer step at nanoGPT's CPU config,
+    vs 35 ms for AdamW). Here it runs in bf16 on CUDA only, fp32 elsewhere."""
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True, ns_coefficients=(3.4445, -4.775, 2.0315), eps: float = 1e-7,
+                 ns_steps: int = 5, adjust_lr_fn: str | None = None):
+        if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
+            raise ValueError(f"adjust_lr_fn={adjust_lr_fn!r}: expected original|match_rms_adamw")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                      ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                                      adjust_lr_fn=adjust_lr_fn))
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"Muon only takes 2-D parameters (got shape {tuple(p.shape)})")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = st["momentum_buffer"]
+                buf.mul_(g["momentum"]).add_(p.grad)
+                upd = p.grad.add(buf, alpha=g["momentum"]) if g["nesterov"] else buf
+                dt = torch.bfloat16 if p.device.type == "cuda" else torch.float32
+                o = _newton_schulz(upd.to(dt), g["ns_steps"], g["ns_coefficients"], g["eps"])
+                rows, cols = p.shape
+                if g["adjust_lr_fn"] == "match_rms_adamw":  # update RMS ~ AdamW's at the same lr
+                    ratio = 0.2 * math.sqrt(max(rows, cols))
+                else:  # Keller's original
+                    ratio = math.sqrt(max(1.0, rows / cols))
+                p.mul_(1 - g["lr"] * g["weight_decay"])
+                p.add_(o.to(p.dtype), alpha=-g["lr"] * ratio)
+        return loss
 
 
 def lr_multiplier(step: int, cfg: TrainConfig, progress: float | None = None) -> float:

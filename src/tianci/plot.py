@@ -103,7 +103,7 @@ def plot_runs(run_dirs, out, labels=None, title: str | None = None) -> Path:
     plotted = 0
     for i, (run, label) in enumerate(zip(run_dirs, labels)):
         train, evals = read_metrics(run)
-        color = f"C{i % 10}"
+        color = f"C{i % 10}" if len(run_dirs) <= 10 else plt.get_cmap("tab20")(i % 20)  # no repeats
         for ax, (key, _) in zip(axes, xs):
             if train:
                 ax.plot([r[key] for r in train], [r["train_loss"] / LN2 for r in train], color=color,

@@ -8,12 +8,13 @@ from pathlib import Path
 from ..config import add_config_flags, apply_overrides, load_preset
 from ..errors import TianciError
 
+CI_VOCAB = 6104  # the ci corpus's character vocabulary: the default --vocab-size (synthetic tokens)
+
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", default="nanogpt-cpu", help="training config to benchmark (default nanogpt-cpu)")
     p.add_argument("--decode-preset", default="ci-gpu",
                    help="model config for the decoding benchmark (default ci-gpu: the tutorial's 6x384, block 256)")
-    p.add_argument("--vocab", type=int, default=6104, help="vocabulary size (default 6104: the ci char vocabulary)")
     p.add_argument("--steps", type=int, default=20, help="training steps per variant per round (0 = skip training)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     p.add_argument("--variants", default="fast,classic,tutorial", help="comma list of fast,classic,tutorial")
@@ -42,15 +43,15 @@ def run(args) -> int:
     bad = [v for v in variants if v not in ("fast", "classic", "tutorial")]
     if bad or not variants:
         raise TianciError(f"--variants {args.variants!r}: expected a comma list of fast,classic,tutorial")
-    if args.steps < 0 or args.rounds < 1 or args.decode_tokens < 0 or args.vocab < 2:
-        raise TianciError("--steps and --decode-tokens must be >= 0, --rounds >= 1, --vocab >= 2")
-    preset = load_preset(args.preset)
-    preset.model.vocab_size = args.vocab
-    preset = apply_overrides(preset, args)
+    if args.steps < 0 or args.rounds < 1 or args.decode_tokens < 0:
+        raise TianciError("--steps and --decode-tokens must be >= 0, --rounds >= 1")
+    preset = apply_overrides(load_preset(args.preset), args)
+    if preset.model.vocab_size == 0:
+        preset.model.vocab_size = CI_VOCAB
     dec = None
     if args.decode_tokens > 0:
         dec = load_preset(args.decode_preset)
-        dec.model.vocab_size = args.vocab
+        dec.model.vocab_size = preset.model.vocab_size
         dec.model.dropout = 0.0
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     res = run_bench(preset, dec, device=preset.train.device, steps=args.steps, rounds=args.rounds,
