@@ -138,6 +138,28 @@ def test_muon_reduces_loss():
     assert model(x, y)[1].item() < before - 0.1
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+@pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
+def test_our_muon_matches_torch_muon(adjust):
+    """Guards tianci.optim.Muon (fp32 Newton-Schulz on CPU, because torch's bf16 one is ~30x slower
+    there) drifting from torch.optim.Muon's algorithm: same momentum, nesterov, scaling, decay."""
+    from tianci.optim import Muon
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 40)
+    ours, ref = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    kw = dict(lr=0.02, weight_decay=0.01, adjust_lr_fn=adjust)
+    oa, ob = Muon([ours], **kw), torch.optim.Muon([ref], **kw)
+    for _ in range(3):
+        g = torch.randn(24, 40)
+        ours.grad, ref.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+    moved = (ref - w).abs().max()
+    assert moved > 1e-3
+    assert (ours - ref).abs().max() < 0.05 * moved  # bf16 (torch) vs fp32 (ours) rounding only
+
+
 def test_bf16_autocast_path_runs():
     """Guards the bf16 autocast path (CUDA, bf16 CPUs): fused loss under autocast is finite, close
     to fp32, and gives fp32 gradients for fp32 master weights."""

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except TianciError as e:
         print(f"tianci {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tianci cipai --list | head`: the reader left; not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"tianci {args.command}: interrupted", file=sys.stderr)
         return 130
