@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-TOL = 2e-3  # nats/char: gradient all-reduce vs local accumulation differ only in float summation order
+TOL = 1e-3  # nats/char. Measured: 2 procs match 1 proc to 1e-5; a run on other batches differs by 4e-3..2e-2
 
 TINY = ["--preset", "nanogpt-cpu", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
         "--batch-size", "4", "--warmup-iters", "2", "--lr-decay-iters", "12", "--learning-rate", "3e-3",

@@ -225,7 +225,7 @@ def format_table(res: dict) -> str:
         for name, v in tr["variants"].items():
             lines.append(f"  {name:<9}{v['dtype']:<10}{'fused' if v['fused_loss'] else 'full':<9}{v['attn_impl']:<6}"
                          f"{v['ms_per_step']:9.1f}{v['tokens_per_s']:11.0f}{v['mfu'] * 100:7.1f}%"
-                         f"{v.get('speedup_vs_classic', float('nan')):11.2f}x")
+                         + (f"{v['speedup_vs_classic']:11.2f}x" if "speedup_vs_classic" in v else f"{'-':>12}"))
     if "decode" in res:
         d = res["decode"]
         lines.append(f"decoding ({d['preset']} model, random weights): prefill {d['prefill_tokens']} tokens "
