@@ -15,6 +15,19 @@ DATA        ?= data/ci
 RUN         ?= runs/demo
 DEMO_SECONDS ?= 180
 
+# Where the data sets come from: the TIANCI_*_SOURCE variables if set, else a local copy in a
+# workspace folder beside this checkout (../shared/data), else the upstream GitHub URLs.
+define local_source
+ifeq ($$($(1)),)
+  ifneq ($$(wildcard $(2)),)
+    export $(1) := $$(abspath $(2))
+  endif
+endif
+endef
+$(eval $(call local_source,TIANCI_POETRY_SOURCE,../shared/data/chinese-poetry))
+$(eval $(call local_source,TIANCI_CIPU_SOURCE,../shared/data/couyun/ci_pu))
+$(eval $(call local_source,TIANCI_RHYME_SOURCE,../shared/data/chinese_word_rhyme/data))
+
 .PHONY: install demo test test-fast bench browser clean help
 
 help:
@@ -38,6 +51,8 @@ demo: install
 	$(PY) -m tianci sample --run $(RUN) --prompt 春 --num-samples 3 --max-new-tokens 120 --stop-at-end
 	-$(PY) -m tianci compose --run $(RUN) --cipai 浣溪沙
 
+# One torch thread per test process: the suite runs many tiny models (and two-process DDP), where
+# thread start-up and barriers cost more than they save; it also keeps timings stable on 2 cores.
 test: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -ra
 
