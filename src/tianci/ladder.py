@@ -28,7 +28,7 @@ from .errors import TianciError
 
 LN2 = math.log(2)
 RUNGS = ("counting", "bigram", "position", "attention", "multihead", "feedforward", "blocks",
-         "residual", "projection", "layernorm", "dropout", "ci-gpu")
+         "residual", "projection", "layernorm", "dropout", "ci-cpu")
 EVAL_TOKENS = 20 * 16 * 32  # tokens per evaluation, equal for every rung (eval_iters scales with B*T)
 
 
