@@ -144,6 +144,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.dtype = pick_dtype(self.tc.dtype, self.device)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_bf16() and self.master:
+            print("warning: --dtype bfloat16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated "
+                  "and much slower than float32", file=sys.stderr)
         self.meta = read_meta(self.data_dir)
         self.preset.model.vocab_size = int(self.meta["vocab_size"])
         self.preset.model.validate()
