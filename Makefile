@@ -51,13 +51,11 @@ demo: install
 	$(PY) -m tianci sample --run $(RUN) --prompt 春 --num-samples 3 --max-new-tokens 120 --stop-at-end
 	-$(PY) -m tianci compose --run $(RUN) --cipai 浣溪沙
 
-# One torch thread per test process: the suite runs many tiny models (and two-process DDP), where
-# thread start-up and barriers cost more than they save; it also keeps timings stable on 2 cores.
 test: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra
 
 test-fast: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: install
 	$(PY) -m tianci bench

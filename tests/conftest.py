@@ -4,6 +4,12 @@ environment variables the CLI uses (set by .ci/run), falling back to the workspa
 from __future__ import annotations
 
 import os
+
+# One torch thread per test process (and for the subprocesses tests start): the suite runs many tiny
+# models and a two-process DDP run, where thread start-up and barriers cost more than they save, and
+# on a shared 2-core machine two threads made tiny ops ~100x slower. Set here, before any test module
+# imports torch, so it holds for the whole session; an explicit OMP_NUM_THREADS still wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import pytest

@@ -14,7 +14,6 @@ from tianci.cli import main
 from tianci.config import GPTConfig
 from tianci.model import GPT
 
-torch.set_num_threads(1)  # tiny models; see test_model.py
 
 
 def tiny_flags(data: Path, *extra: str) -> list[str]:

@@ -14,7 +14,6 @@ import torch
 
 from tianci.cli import main
 
-torch.set_num_threads(1)  # the in-process runs use tiny models; see test_model.py
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}

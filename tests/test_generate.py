@@ -17,7 +17,6 @@ from tianci.generate import SampleOptions, complete, filter_logits, generate, st
 from tianci.model import GPT
 from tianci.tokenizer import CharTokenizer
 
-torch.set_num_threads(1)  # tiny tensors; see test_model.py
 
 V = 37
 CONFIGS = {

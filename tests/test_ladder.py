@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 from tianci.config import load_preset  # noqa: E402
 from tianci.corpus import Corpus, build  # noqa: E402
@@ -17,15 +17,6 @@ from tianci.ladder import LadderOptions, bpe_data, run_ladder  # noqa: E402
 
 CHARS = "春花秋月何时了往事知多少小楼昨夜又东风故国不堪回首明中"
 RUNGS = ("counting", "bigram", "attention", "residual")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is as fast, and far faster when the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_docs(n: int = 120, seed: int = 0) -> list[str]:

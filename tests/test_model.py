@@ -12,10 +12,6 @@ import torch.nn.functional as F
 from tianci.config import GPTConfig, load_preset
 from tianci.model import GPT, convert_attention_state
 
-# Tiny tensors gain nothing from intra-op threads, and on a shared, loaded 2-core machine the
-# OpenMP barriers make every op ~100x slower; one thread keeps the suite fast and deterministic.
-torch.set_num_threads(1)
-
 RUNGS = ["bigram", "position", "attention", "multihead", "feedforward", "blocks", "residual", "projection",
          "layernorm", "dropout", "ci-cpu", "ci-gpu", "nanogpt-cpu"]
 V = 61  # an odd vocabulary size catches code that assumes V is a power of two or equals n_embd

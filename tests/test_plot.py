@@ -17,15 +17,6 @@ from tianci.config import GPTConfig, load_preset, to_dict  # noqa: E402
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is as fast, and far faster when the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fake_run(d, n=5, scale=1.0):
     d.mkdir(parents=True)
     lines = []

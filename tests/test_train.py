@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from tianci.checkpoint import latest_paths, load_run
 from tianci.cli import main
 
-torch.set_num_threads(1)  # tiny models; see test_model.py
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -62,9 +62,6 @@ class ComposeResult:
     def variant(self) -> int | None:
         return self.form.variant
 
-    def full_text(self) -> str:
-        return f"{self.title} {self.author}\n{self.text}"
-
 
 class VocabTables:
     """Per tokenizer × phonology: which ids are Han, 平-able, 仄-able, in each 部 (per tone)."""

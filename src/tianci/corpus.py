@@ -208,11 +208,6 @@ def load_texts(paths) -> list[str]:
 
 # ----------------------------------------------------------------------------- building
 
-def corpus_text(docs: list[str]) -> str:
-    """ci.txt: every document followed by a blank line (the bins hold exactly this text)."""
-    return "".join(d + "\n\n" for d in docs)
-
-
 def split_poems(n: int, val_fraction: float, seed: int) -> list[bool]:
     """is_val for each of n documents: a seeded shuffle, round(n * val_fraction) go to val."""
     if n < 2:

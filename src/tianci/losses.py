@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.nn import functional as F
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: rows with this target do not count
 CHUNK_ELEMS = int(os.environ.get("TIANCI_CE_CHUNK", 1 << 21))  # logits per chunk (8 MB fp32)
@@ -113,12 +112,3 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         mm_dtype = torch.get_autocast_dtype(dev)
     with torch.autocast(device_type=dev, enabled=False):
         return _LinearCrossEntropy.apply(h, weight, targets, float(softcap), mm_dtype)
-
-
-def reference_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                            softcap: float = 0.0) -> torch.Tensor:
-    """The classic path: materialise the (N, V) logits, then F.cross_entropy (tests compare against it)."""
-    logits = h @ weight.t()
-    if softcap > 0:
-        logits = softcap * torch.tanh(logits / softcap)
-    return F.cross_entropy(logits.float(), targets)
