@@ -128,3 +128,21 @@ def test_counting_model_train_and_sample(tiny_data, tmp_path, capsys):
                  "--temperature", "1.0"]) == 0
     [expected] = sample_run(run, "春花", 20, 1.0, 4, 1)
     assert capsys.readouterr().out == f"--- sample 1\n{expected}\n" and expected.startswith("春花")
+
+
+def test_int8_sampling_and_bench_on_a_trained_run(cli_run, capsys):
+    """Guards `--quantize int8` being parsed but not applied, and `tianci bench --run` not finding the
+    run's val.bin or misreporting what int8 weights cost."""
+    from tianci.bench import quant_quality
+
+    _, run = cli_run
+    assert main(["sample", "--run", str(run), "--quantize", "int8", "--prompt", "春", "--seed", "3",
+                 "--max-new-tokens", "20"]) == 0
+    assert capsys.readouterr().out.startswith("--- sample 1\n春")
+    q = quant_quality(run, "cpu", tokens=256)
+    assert q["tokens"] == 256 and abs(q["val_loss_int8"] - q["val_loss_fp32"]) < 0.05
+    assert 0.5 < q["greedy_agreement"] <= 1.0
+    assert main(["bench", "--run", str(run), "--steps", "0", "--decode-tokens", "3", "--peak-size", "128",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "KV cache int8" in out and "trained weights" in out and "greedy next token agrees" in out

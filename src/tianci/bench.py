@@ -18,6 +18,7 @@ import copy
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -132,38 +133,54 @@ def bench_train(preset: Preset, device, steps: int = 20, rounds: int = 3, warmup
     return out
 
 
+DECODE_VARIANTS = {  # name -> (use the KV cache, weight format)
+    "cache": (True, "none"),
+    "cache_int8": (True, "int8"),
+    "nocache": (False, "none"),  # the tutorial's generation: recompute the whole context every step
+}
+
+
 @torch.no_grad()
 def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: float = 60.0,
-                 seed: int = 0, log=None) -> dict:
-    """Decode tokens/s with and without the KV cache (random weights: speed only), plus prefill.
-    A no-cache run that exceeds max_s stops early and reports the tokens it produced."""
+                 seed: int = 0, log=None, state_dict: dict | None = None) -> dict:
+    """Decode tokens/s with and without the KV cache, fp32 and int8 weights, plus prefill.
+    Random weights unless state_dict is given (speed does not depend on them).
+    A run that exceeds max_s stops early and reports the tokens it produced."""
+    from .quant import apply_quantization
+
     torch.manual_seed(seed)
-    model = GPT(copy.deepcopy(cfg)).to(device).eval()
+    models = {}
+    for fmt in ("none", "int8"):
+        m = GPT(copy.deepcopy(cfg))
+        if state_dict is not None:
+            m.load_state_dict(state_dict)
+        models[fmt] = apply_quantization(m.to(device).eval(), fmt)
     out = {}
     for B in batches:
-        for use_cache in (True, False):
+        for name, (use_cache, fmt) in DECODE_VARIANTS.items():
             idx = torch.zeros((B, 1), dtype=torch.long, device=device)
             gen = torch.Generator(device=device).manual_seed(seed)
             n, t = 0, time.perf_counter()
-            for _ in generate(model, idx, new_tokens, temperature=1.0, generator=gen, use_cache=use_cache):
+            for _ in generate(models[fmt], idx, new_tokens, temperature=1.0, generator=gen, use_cache=use_cache):
                 n += 1
                 if time.perf_counter() - t > max_s:
                     break
             _sync(device)
             s = time.perf_counter() - t
-            key = f"b{B}_{'cache' if use_cache else 'nocache'}"
-            out[key] = {"batch": B, "tokens": n, "seconds": s, "tokens_per_s": B * n / s, "steps_per_s": n / s}
+            out[f"b{B}_{name}"] = {"batch": B, "tokens": n, "seconds": s, "tokens_per_s": B * n / s,
+                                   "steps_per_s": n / s}
             if log:
-                log(f"  decode batch {B} {'cache   ' if use_cache else 'no cache'} {n} steps "
-                    f"{B * n / s:9.1f} tokens/s")
+                log(f"  decode batch {B} {name:<10} {n} steps {B * n / s:9.1f} tokens/s")
+        for name in ("cache", "cache_int8"):
+            out[f"b{B}_{name}_speedup"] = out[f"b{B}_{name}"]["tokens_per_s"] / out[f"b{B}_nocache"]["tokens_per_s"]
     # prefill: one pass over a full block of prompt into the cache
     x = torch.randint(0, cfg.vocab_size, (1, cfg.block_size), device=device)
     times = []
     for _ in range(3):
-        cache = model.new_kv_cache(1)
+        cache = models["none"].new_kv_cache(1)
         _sync(device)
         t = time.perf_counter()
-        model(x, kv_cache=cache)
+        models["none"](x, kv_cache=cache)
         _sync(device)
         times.append(time.perf_counter() - t)
     out["prefill_ms"] = min(times) * 1e3
@@ -171,10 +188,49 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
     return out
 
 
+@torch.no_grad()
+def quant_quality(run_dir, device, tokens: int = 32768, seed: int = 0) -> dict:
+    """What int8 weights cost a trained run: val loss (nats/token) and greedy next-token agreement
+    of the fp32 and int8 models on the same windows of the run's val.bin."""
+    import numpy as np
+
+    from .checkpoint import load_run
+    from .errors import TianciError
+    from .quant import quantize_int8
+
+    run = load_run(run_dir, device=str(device))
+    data_dir = run.meta.get("data", {}).get("dir")
+    val = Path(data_dir or "") / "val.bin"
+    if not data_dir or not val.exists():
+        raise TianciError(f"--run {run_dir}: its val.bin ({val}) is missing; prepare the data first")
+    data = np.memmap(val, dtype=np.uint16 if run.meta["data"].get("dtype", "uint16") == "uint16" else np.uint32,
+                     mode="r")
+    T = run.model.config.block_size
+    g = torch.Generator().manual_seed(seed)
+    n = max(1, tokens // T)
+    starts = torch.randint(0, len(data) - T - 1, (n,), generator=g).tolist()
+    x = torch.stack([torch.from_numpy(data[s:s + T].astype(np.int64)) for s in starts]).to(device)
+    y = torch.stack([torch.from_numpy(data[s + 1:s + T + 1].astype(np.int64)) for s in starts]).to(device)
+    q = quantize_int8(copy.deepcopy(run.model))
+    res = {}
+    for name, m in (("fp32", run.model), ("int8", q)):
+        losses, preds = [], []
+        for i in range(0, n, 16):
+            logits, loss = m(x[i:i + 16], y[i:i + 16])
+            losses.append(float(loss) * len(x[i:i + 16]))
+            preds.append(logits.argmax(-1))
+        res[f"val_loss_{name}"] = sum(losses) / n
+        res[f"_pred_{name}"] = torch.cat(preds)
+    res["greedy_agreement"] = float((res.pop("_pred_fp32") == res.pop("_pred_int8")).float().mean())
+    res["tokens"] = n * T
+    res["run"] = str(run_dir)
+    return res
+
+
 def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "auto", steps: int = 20,
               rounds: int = 3, decode_tokens: int = 200, decode_max_s: float = 60.0, malloc: bool = True,
               variants=("fast", "classic", "tutorial"), bf16_peak: bool = False, peak_n: int = 2048,
-              log=None) -> dict:
+              decode_state: dict | None = None, quality_run=None, log=None) -> dict:
     dev = pick_device(device)
     tuned = tune_malloc() if malloc and dev.type == "cpu" else False
     res = {"preset": preset.name, "device": str(dev), "threads": torch.get_num_threads(),
@@ -201,13 +257,13 @@ def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "au
         res["train"] = tr
     res["peak_memory_mb_after_train"] = peak_memory_mb(dev)
     if decode_preset is not None and decode_tokens > 0:
-        dec = bench_decode(decode_preset.model, dev, new_tokens=decode_tokens, max_s=decode_max_s, log=log)
-        for B in (1, 8):
-            c, nc = dec.get(f"b{B}_cache"), dec.get(f"b{B}_nocache")
-            if c and nc:
-                dec[f"b{B}_cache_speedup"] = c["tokens_per_s"] / nc["tokens_per_s"]
+        dec = bench_decode(decode_preset.model, dev, new_tokens=decode_tokens, max_s=decode_max_s, log=log,
+                           state_dict=decode_state)
         dec["preset"] = decode_preset.name
+        dec["weights"] = "trained" if decode_state is not None else "random"
         res["decode"] = dec
+    if quality_run is not None:
+        res["int8_quality"] = quant_quality(quality_run, dev)
     res["peak_memory_mb"] = peak_memory_mb(dev)
     return res
 
@@ -228,14 +284,21 @@ def format_table(res: dict) -> str:
                          + (f"{v['speedup_vs_classic']:11.2f}x" if "speedup_vs_classic" in v else f"{'-':>12}"))
     if "decode" in res:
         d = res["decode"]
-        lines.append(f"decoding ({d['preset']} model, random weights): prefill {d['prefill_tokens']} tokens "
-                     f"{d['prefill_ms']:.1f} ms")
+        lines.append(f"decoding ({d['preset']} model, {d.get('weights', 'random')} weights): prefill "
+                     f"{d['prefill_tokens']} tokens {d['prefill_ms']:.1f} ms")
         for B in (1, 8):
-            c, nc = d.get(f"b{B}_cache"), d.get(f"b{B}_nocache")
-            if c and nc:
-                lines.append(f"  batch {B}: KV cache {c['tokens_per_s']:8.1f} tokens/s ({c['tokens']} steps)  "
-                             f"recompute {nc['tokens_per_s']:7.1f} tokens/s ({nc['tokens']} steps)  "
-                             f"speedup {d[f'b{B}_cache_speedup']:.1f}x")
+            if f"b{B}_nocache" not in d:
+                continue
+            nc = d[f"b{B}_nocache"]
+            lines.append(f"  batch {B}: recompute (tutorial) {nc['tokens_per_s']:7.1f} tokens/s ({nc['tokens']} steps)")
+            for name, label in (("cache", "KV cache fp32"), ("cache_int8", "KV cache int8")):
+                c = d[f"b{B}_{name}"]
+                lines.append(f"           {label:<18} {c['tokens_per_s']:7.1f} tokens/s ({c['tokens']} steps)  "
+                             f"{d[f'b{B}_{name}_speedup']:5.1f}x")
+    if "int8_quality" in res:
+        q = res["int8_quality"]
+        lines.append(f"int8 weights on {q['run']}: val loss {q['val_loss_fp32']:.4f} (fp32) -> {q['val_loss_int8']:.4f} "
+                     f"(int8) nats/token over {q['tokens']} tokens; greedy next token agrees {q['greedy_agreement']:.1%}")
     lines.append(f"peak memory: {res['peak_memory_mb_after_train']:.0f} MB after training, "
                  f"{res['peak_memory_mb']:.0f} MB at the end")
     return "\n".join(lines)

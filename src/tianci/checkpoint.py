@@ -188,8 +188,9 @@ class Run:
     meta: dict
 
 
-def load_run(run_dir, device: str = "cpu", which: str = "best") -> Run:
-    """Load a trained GPT run for sampling/serving: model (eval mode), tokenizer, config."""
+def load_run(run_dir, device: str = "cpu", which: str = "best", quantize: str = "none") -> Run:
+    """Load a trained GPT run for sampling/serving: model (eval mode), tokenizer, config.
+    quantize="int8" stores the Linear weights as int8 (tianci.quant): faster decoding, inference only."""
     from .model import GPT
     from .tokenizer import load_tokenizer
 
@@ -207,4 +208,7 @@ def load_run(run_dir, device: str = "cpu", which: str = "best") -> Run:
     path = best if which == "best" and best.exists() else latest_paths(run_dir)[0]
     load_weights(model, path)
     model.to(device).eval()
+    if quantize != "none":
+        from .quant import apply_quantization
+        apply_quantization(model, quantize)
     return Run(model, tokenizer, preset, run_dir, cfg)

@@ -15,6 +15,9 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", default="nanogpt-cpu", help="training config to benchmark (default nanogpt-cpu)")
     p.add_argument("--decode-preset", default="ci-gpu",
                    help="model config for the decoding benchmark (default ci-gpu: the tutorial's 6x384, block 256)")
+    p.add_argument("--run", default=None,
+                   help="a trained run: decode with its weights and config (instead of --decode-preset with random "
+                   "weights) and measure what int8 weights cost its val loss")
     p.add_argument("--steps", type=int, default=20, help="training steps per variant per round (0 = skip training)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     p.add_argument("--variants", default="fast,classic,tutorial", help="comma list of fast,classic,tutorial")
@@ -48,8 +51,13 @@ def run(args) -> int:
     preset = apply_overrides(load_preset(args.preset), args)
     if preset.model.vocab_size == 0:
         preset.model.vocab_size = CI_VOCAB
-    dec = None
-    if args.decode_tokens > 0:
+    dec, state = None, None
+    if args.run:
+        from ..checkpoint import load_run
+        r = load_run(args.run)
+        dec, state = r.preset, r.model.state_dict()
+        dec.model.dropout = 0.0
+    elif args.decode_tokens > 0:
         dec = load_preset(args.decode_preset)
         dec.model.vocab_size = preset.model.vocab_size
         dec.model.dropout = 0.0
@@ -57,7 +65,7 @@ def run(args) -> int:
     res = run_bench(preset, dec, device=preset.train.device, steps=args.steps, rounds=args.rounds,
                     decode_tokens=args.decode_tokens, decode_max_s=args.decode_max_s,
                     malloc=not args.no_malloc_tune, variants=variants, bf16_peak=args.bf16_peak,
-                    peak_n=args.peak_size, log=log)
+                    peak_n=args.peak_size, decode_state=state, quality_run=args.run, log=log)
     print(format_table(res))
     text = json.dumps(res, indent=2)
     if args.json == "-":

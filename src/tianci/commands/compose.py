@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
                    "(default: the run's data directory)")
     p.add_argument("--which", choices=["best", "latest"], default="best")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 weights for faster decoding (slightly different outputs; see docs/speed.md)")
 
 
 def run(args) -> int:
@@ -40,7 +42,7 @@ def run(args) -> int:
         raise TianciError(f"--top-p {args.top_p} is out of range (0, 1]")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
     form = cp.form(args.cipai, args.variant)
-    r = load_run(args.run, device=args.device, which=args.which)
+    r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")

@@ -18,6 +18,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (as the tutorial)")
     p.add_argument("--which", choices=["best", "latest"], default="best", help="which weights to load")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 weights for faster decoding (slightly different outputs; see docs/speed.md)")
 
 
 def run(args) -> int:
@@ -38,7 +40,7 @@ def run(args) -> int:
     opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop_at_end=args.stop_at_end,
                          use_cache=not args.no_cache).validate()
-    r = load_run(args.run, device=args.device, which=args.which)
+    r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
     encode_prompt(r.tokenizer, args.prompt)  # an unknown character fails here, before any output
     for i in range(args.num_samples):  # one at a time so the terminal streams each poem in order
         if opts.seed is not None:

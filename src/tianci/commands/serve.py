@@ -14,6 +14,8 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--which", choices=["best", "latest"], default="best", help="which weights to load")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 weights for faster decoding (slightly different outputs; see docs/speed.md)")
     p.add_argument("--model-name", default=None, help="model id in /v1/models (default: the run's name)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
     p.add_argument("--rhyme-source", default=None, help="rhyme tables (default TIANCI_RHYME_SOURCE)")
@@ -50,7 +52,7 @@ def run(args) -> int:
     limits = Limits(max_tokens=args.max_tokens, max_n=args.max_n, max_prompt_chars=args.max_prompt_chars,
                     max_body_bytes=args.max_body_bytes, workers=args.workers,
                     max_waiting=args.max_waiting).validate()
-    r = load_run(args.run, device=args.device, which=args.which)
+    r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
     cipu = None
     if not args.no_cipai:
         from ..cipai import open_cipu
