@@ -197,3 +197,16 @@ def test_bench_smoke():
         assert r["ms_per_step"] > 0 and r["mfu"] > 0 and r["speedup_vs_classic"] > 0
     assert res["decode"]["b1_cache"]["tokens"] == 3 and res["decode"]["b8_nocache"]["tokens_per_s"] > 0
     assert "vs classic" in format_table(res)
+
+
+def test_cuda_device_always_has_an_index(monkeypatch):
+    """Guards the crash seen on an H200: `--device cuda` (or auto) gave torch.device("cuda") with no
+    index, and torch.cuda.set_device / DDP device_ids refused it ("Expected a torch.device with a
+    specified index")."""
+    from tianci.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert pick_device("auto") == torch.device("cuda", 0)
+    assert pick_device("cuda") == torch.device("cuda", 0)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)

@@ -33,14 +33,16 @@ from .optim import build_optimizers, lr_multiplier, set_lr
 
 def pick_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
+        if torch.cuda.is_available():  # with an index: torch.cuda.set_device and DDP need one
+            return torch.device("cuda", torch.cuda.current_device())
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     dev = torch.device(spec)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TianciError(f"--device {spec}: CUDA is not available on this machine (use cpu or auto)")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TianciError(f"--device {spec}: MPS is not available on this machine (use cpu or auto)")
     return dev
