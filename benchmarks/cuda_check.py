@@ -8,6 +8,7 @@ Checks, each printed PASS/FAIL with the measured difference:
 - chunked linear+cross-entropy == F.cross_entropy in value and gradient under bf16 autocast;
 - int8 weights (portable dequantize path on CUDA) stay close to fp32;
 - one optimizer step with Muon (bf16 Newton-Schulz on CUDA) and with fused AdamW runs and lowers the loss;
+- the compiled decoding step (tianci.decode; CUDA graphs) gives the eager path's greedy tokens;
 - torch.compile of the model gives the same loss as eager.
 Exit status 1 if any check fails.
 """
@@ -101,16 +102,27 @@ def main(argv: list[str]) -> int:
             for o in opts:
                 o.step()
                 o.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(loss.item())
         check(f"{opt} steps lower the loss on one batch (bf16)", losses[-1] < losses[0],
               f"{losses[0]:.3f} -> {losses[-1]:.3f}")
+
+    from tianci.generate import generate
+    try:
+        prompt = idx[:2, :8]
+        eager = torch.stack(list(generate(fused, prompt, 40, temperature=0)), 1)
+        comp = torch.stack(list(generate(fused, prompt, 40, temperature=0, compiled=True)), 1)
+        same = float((eager == comp).float().mean())
+        check("compiled decode step (CUDA graphs) == eager greedy tokens", same > 0.95,
+              f"{same:.1%} of 80 tokens equal")
+    except Exception as e:
+        check("compiled decode step", False, f"{type(e).__name__}: {e}")
 
     m = GPT(copy.deepcopy(cfg)).to(dev).train()
     try:
         cm = torch.compile(m)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            lc = float(cm(idx, tgt, return_logits=False)[1])
-            le = float(m(idx, tgt, return_logits=False)[1])
+            lc = cm(idx, tgt, return_logits=False)[1].item()
+            le = m(idx, tgt, return_logits=False)[1].item()
         check("torch.compile loss == eager loss (bf16)", abs(lc - le) < 1e-2, f"{lc:.4f} vs {le:.4f}")
     except Exception as e:  # report, do not hide
         check("torch.compile", False, f"{type(e).__name__}: {e}")

@@ -11,7 +11,7 @@ if [ -z "${SKIP_CHECKS:-}" ]; then
 echo "== correctness of the fast paths on CUDA"
 $PY "$(dirname "$0")/cuda_check.py" 2>&1 | tee "$OUT/cuda_check.log"
 echo "== tianci bench (ci-gpu: training fast/classic/tutorial, decoding)"
-$PY -m tianci bench --preset ci-gpu --decode-preset ci-gpu --steps 20 --rounds 3 --json "$OUT/bench_ci_gpu.json" \
+$PY -m tianci bench --preset ci-gpu --decode-preset ci-gpu --steps 20 --rounds 3 --decode-compile --json "$OUT/bench_ci_gpu.json" \
   2>&1 | tee "$OUT/bench_ci_gpu.log"
 fi
 echo "== ci-gpu, 120 s on the GPU (bf16 autocast, compiled)"

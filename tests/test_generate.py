@@ -107,7 +107,7 @@ def test_tiny_block_size_generates():
 
 def test_sampled_decoding_same_with_and_without_cache():
     """Guards: the cache changing the sampling distribution (not just greedy): with the same
-    generator seed, cached and uncached multinomial sampling must draw the same tokens."""
+    generator seed, cached and uncached sampling must draw the same tokens."""
     m = make_model("learned-sdpa")
     idx = prompt(2, 4)
     runs = []
@@ -287,3 +287,55 @@ def test_bad_sample_options_raise(bad):
     """Guards: out-of-range sampling options reaching torch (a traceback) instead of a TianciError."""
     with pytest.raises(TianciError, match=next(iter(bad))):
         SampleOptions(**bad).validate()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.one_of(st.floats(-8, 8), st.just(float("-inf"))), min_size=2, max_size=12)
+       .filter(lambda xs: any(x != float("-inf") for x in xs)), st.integers(0, 2**31 - 1))
+def test_sampler_never_draws_masked_tokens(row, seed):
+    """Guards the inverse-CDF sampler drawing a token whose logit is -inf (the composer masks
+    every character that breaks the form): flat steps of the CDF must never be chosen."""
+    from tianci.generate import sample_from_logits
+
+    logits = torch.tensor([row] * 64)
+    tok = sample_from_logits(logits, torch.Generator().manual_seed(seed))
+    assert tok.shape == (64,)
+    assert all(row[t] != float("-inf") for t in tok.tolist())
+
+
+def test_sampler_matches_the_softmax_distribution():
+    """Guards a biased sampler (an off-by-one in the CDF search shifts mass to a neighbour): the
+    frequencies of 40,000 draws match softmax(logits) within 4 standard errors."""
+    from tianci.generate import sample_from_logits
+
+    logits = torch.tensor([0.0, 1.0, -1.0, float("-inf"), 2.0, 0.5])
+    p = torch.softmax(logits, -1)
+    n = 40_000
+    tok = sample_from_logits(logits.expand(n, -1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(tok, minlength=6).float() / n
+    se = (p * (1 - p) / n).sqrt()
+    assert freq[3] == 0
+    assert ((freq - p).abs() <= 4 * se + 1e-9).all(), (freq, p)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_matches_eager():
+    """Guards the fixed-shape decode step (GPT.decode_step, compiled by tianci.decode) computing
+    another function than the eager KV-cache path: masks, RoPE at a tensor position, the in-place
+    cache write. Same greedy tokens, and the step's logits equal forward's."""
+    for pos in ("learned", "rope"):
+        torch.manual_seed(0)
+        m = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, pos=pos)).eval()
+        idx = prompt(2, 3)
+        with torch.no_grad():
+            full = m(torch.cat([idx, prompt(2, 5)], 1))[0]
+            cache = m.new_kv_cache(2)
+            m(idx, kv_cache=cache)
+            nxt = torch.cat([idx, prompt(2, 5)], 1)
+            for t in range(3, 8):
+                step = m.decode_step(nxt[:, t:t + 1], torch.tensor(t), cache.k, cache.v)
+                torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-5)
+        eager = torch.stack(list(generate(m, idx, 30, temperature=0)), 1)  # runs past block_size too
+        comp = torch.stack(list(generate(m, idx, 30, temperature=0, compiled=True)), 1)
+        assert torch.equal(eager, comp)
+        assert m.__dict__["_compiled_steps"][2] is not None  # it really ran compiled

@@ -133,19 +133,22 @@ def bench_train(preset: Preset, device, steps: int = 20, rounds: int = 3, warmup
     return out
 
 
-DECODE_VARIANTS = {  # name -> (use the KV cache, weight format)
-    "cache": (True, "none"),
-    "cache_int8": (True, "int8"),
-    "nocache": (False, "none"),  # the tutorial's generation: recompute the whole context every step
+DECODE_VARIANTS = {  # name -> (use the KV cache, weight format, compiled step)
+    "cache": (True, "none", False),
+    "cache_int8": (True, "int8", False),
+    "nocache": (False, "none", False),  # the tutorial's generation: recompute the whole context every step
+    "cache_compiled": (True, "none", True),  # only with compile=True (tianci.decode)
+    "cache_int8_compiled": (True, "int8", True),
 }
 
 
 @torch.no_grad()
 def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: float = 60.0,
-                 seed: int = 0, log=None, state_dict: dict | None = None) -> dict:
+                 seed: int = 0, log=None, state_dict: dict | None = None, compile: bool = False) -> dict:
     """Decode tokens/s with and without the KV cache, fp32 and int8 weights, plus prefill.
     Random weights unless state_dict is given (speed does not depend on them).
     A run that exceeds max_s stops early and reports the tokens it produced."""
+    from .decode import compiled_step
     from .quant import apply_quantization
 
     torch.manual_seed(seed)
@@ -157,11 +160,19 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
         models[fmt] = apply_quantization(m.to(device).eval(), fmt)
     out = {}
     for B in batches:
-        for name, (use_cache, fmt) in DECODE_VARIANTS.items():
+        for name, (use_cache, fmt, comp) in DECODE_VARIANTS.items():
+            if comp and not compile:
+                continue
+            if comp:  # compile outside the timed region; report what it cost
+                t = time.perf_counter()
+                if compiled_step(models[fmt], B) is None:
+                    continue
+                out[f"b{B}_{name}_compile_s"] = time.perf_counter() - t
             idx = torch.zeros((B, 1), dtype=torch.long, device=device)
             gen = torch.Generator(device=device).manual_seed(seed)
             n, t = 0, time.perf_counter()
-            for _ in generate(models[fmt], idx, new_tokens, temperature=1.0, generator=gen, use_cache=use_cache):
+            for _ in generate(models[fmt], idx, new_tokens, temperature=1.0, generator=gen, use_cache=use_cache,
+                              compiled=comp):
                 n += 1
                 if time.perf_counter() - t > max_s:
                     break
@@ -171,8 +182,9 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
                                    "steps_per_s": n / s}
             if log:
                 log(f"  decode batch {B} {name:<10} {n} steps {B * n / s:9.1f} tokens/s")
-        for name in ("cache", "cache_int8"):
-            out[f"b{B}_{name}_speedup"] = out[f"b{B}_{name}"]["tokens_per_s"] / out[f"b{B}_nocache"]["tokens_per_s"]
+        for name in DECODE_VARIANTS:
+            if name != "nocache" and f"b{B}_{name}" in out:
+                out[f"b{B}_{name}_speedup"] = out[f"b{B}_{name}"]["tokens_per_s"] / out[f"b{B}_nocache"]["tokens_per_s"]
     # prefill: one pass over a full block of prompt into the cache
     x = torch.randint(0, cfg.vocab_size, (1, cfg.block_size), device=device)
     times = []
@@ -230,7 +242,8 @@ def quant_quality(run_dir, device, tokens: int = 32768, seed: int = 0) -> dict:
 def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "auto", steps: int = 20,
               rounds: int = 3, decode_tokens: int = 200, decode_max_s: float = 60.0, malloc: bool = True,
               variants=("fast", "classic", "tutorial"), bf16_peak: bool = False, peak_n: int = 2048,
-              decode_state: dict | None = None, quality_run=None, log=None) -> dict:
+              decode_state: dict | None = None, quality_run=None, decode_compile: bool = False,
+              log=None) -> dict:
     dev = pick_device(device)
     tuned = tune_malloc() if malloc and dev.type == "cpu" else False
     res = {"preset": preset.name, "device": str(dev), "threads": torch.get_num_threads(),
@@ -258,7 +271,7 @@ def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "au
     res["peak_memory_mb_after_train"] = peak_memory_mb(dev)
     if decode_preset is not None and decode_tokens > 0:
         dec = bench_decode(decode_preset.model, dev, new_tokens=decode_tokens, max_s=decode_max_s, log=log,
-                           state_dict=decode_state)
+                           state_dict=decode_state, compile=decode_compile)
         dec["preset"] = decode_preset.name
         dec["weights"] = "trained" if decode_state is not None else "random"
         res["decode"] = dec
@@ -291,7 +304,10 @@ def format_table(res: dict) -> str:
                 continue
             nc = d[f"b{B}_nocache"]
             lines.append(f"  batch {B}: recompute (tutorial) {nc['tokens_per_s']:7.1f} tokens/s ({nc['tokens']} steps)")
-            for name, label in (("cache", "KV cache fp32"), ("cache_int8", "KV cache int8")):
+            for name, label in (("cache", "KV cache fp32"), ("cache_int8", "KV cache int8"),
+                                ("cache_compiled", "compiled fp32"), ("cache_int8_compiled", "compiled int8")):
+                if f"b{B}_{name}" not in d:
+                    continue
                 c = d[f"b{B}_{name}"]
                 lines.append(f"           {label:<18} {c['tokens_per_s']:7.1f} tokens/s ({c['tokens']} steps)  "
                              f"{d[f'b{B}_{name}_speedup']:5.1f}x")

@@ -42,19 +42,39 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return logits
 
 
+def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids drawn from softmax(logits), by inverting the CDF with one
+    uniform number per row. Same distribution as torch.multinomial, ~5x cheaper on the CPU (it
+    draws one random number instead of one per vocabulary entry). A token whose logit is -inf has
+    probability 0 and is never drawn: side="right" skips the flat steps of the CDF."""
+    cdf = F.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V), last column ~1
+    total = cdf[:, -1:]
+    u = torch.rand((logits.size(0), 1), generator=generator, device=logits.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # rounding must not reach the end
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
+
+
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None,
              logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-             use_cache: bool = True) -> Iterator[torch.Tensor]:
+             use_cache: bool = True, compiled: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token id of every row, (B,), for up to max_new_tokens steps.
 
     idx (B, T) is the prompt. Prompts longer than the context keep their last block_size tokens.
-    logits_hook(logits (B, V) float32, step) may mask tokens (-inf) before sampling."""
+    logits_hook(logits (B, V) float32, step) may mask tokens (-inf) before sampling.
+    compiled=True decodes with the torch.compile'd fixed-shape step (tianci.decode) where it can."""
     block = model.config.block_size if hasattr(model, "config") else None
     use_cache = use_cache and hasattr(model, "new_kv_cache") and block is not None
-    cache = model.new_kv_cache(idx.size(0)) if use_cache else None
+    step_fn = None
+    if use_cache and compiled:
+        from .decode import compiled_step
+        got = compiled_step(model, idx.size(0))
+        if got is not None:
+            step_fn, cache = got
+    if step_fn is None:
+        cache = model.new_kv_cache(idx.size(0)) if use_cache else None
     seq = idx
     new = None
     for step in range(max_new_tokens):
@@ -66,16 +86,17 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
             # the context the no-cache path sees (past the context length each step is a prefill).
             cache.reset()
             logits, _ = model(seq[:, -block:], kv_cache=cache)
+        elif step_fn is not None:
+            pos = torch.tensor(cache.pos, device=new.device)
+            logits = step_fn(new[:, None], pos)[:, None, :]  # (B, 1, V)
+            cache.pos += 1
         else:
             logits, _ = model(new[:, None], kv_cache=cache)
         logits = logits[:, -1, :].float()
         if logits_hook is not None:
             logits = logits_hook(logits, step)
         logits = filter_logits(logits, temperature, top_k, top_p)
-        if temperature <= 0:
-            new = logits.argmax(dim=-1)
-        else:
-            new = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+        new = logits.argmax(dim=-1) if temperature <= 0 else sample_from_logits(logits, generator)
         # keep at most block-1 old tokens (max(0, ...): at block_size=1, -block+1 == 0 kept everything)
         seq = torch.cat([seq[:, max(0, seq.size(1) - block + 1):] if block else seq, new[:, None]], dim=1)
         yield new
@@ -93,6 +114,7 @@ class SampleOptions:
     stop_at_end: bool = False  # stop a sample at the end of a poem (a blank line)
     stop: tuple[str, ...] = ()
     use_cache: bool = True
+    compiled: bool = False  # torch.compile the decoding step (tianci.decode): a one-off compile, then faster
 
     def validate(self) -> "SampleOptions":
         if not 0 <= self.max_new_tokens <= 100_000:
@@ -157,7 +179,7 @@ def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None
     try:
         for tok in generate(model, idx, opts.max_new_tokens, temperature=opts.temperature,
                             top_k=opts.top_k, top_p=opts.top_p, generator=gen,
-                            use_cache=opts.use_cache):
+                            use_cache=opts.use_cache, compiled=opts.compiled):
             for i in range(n):
                 if done[i]:
                     continue

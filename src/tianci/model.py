@@ -36,12 +36,12 @@ class KVCache:
         self.pos = 0
 
 
-def _rope(x: torch.Tensor, pos0: int) -> torch.Tensor:
+def _rope(x: torch.Tensor, pos0) -> torch.Tensor:
     """Rotary position embedding on (..., T, hs): rotate pairs of channels by position-dependent
     angles, so q.k depends only on the distance between tokens."""
     T, hs = x.shape[-2], x.shape[-1]
     inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))
-    t = torch.arange(pos0, pos0 + T, device=x.device, dtype=torch.float32)
+    t = torch.arange(T, device=x.device, dtype=torch.float32) + pos0  # pos0: an int or a 0-d tensor
     freqs = torch.outer(t, inv_freq)  # (T, hs/2)
     cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -135,6 +135,23 @@ class FusedAttention(nn.Module):
             y = self.c_proj(y)
         return self.dropout(y)
 
+    def step(self, x, k_cache, v_cache, pos):
+        """One new token per row at position `pos` (0-d tensor), attending over the whole
+        preallocated cache with a mask: every shape is fixed, so torch.compile makes one graph
+        (and CUDA graphs can replay it). Eval mode only."""
+        B, T, C = x.shape  # T == 1
+        nh = self.cfg.heads
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, 1, hs)
+        q, k = _qk_prepare(q, k, self.cfg, pos)
+        at = pos.view(1)
+        k_cache[:, :, at] = k  # index_put_ with a tensor index: an in-place store, also when compiled
+        v_cache[:, :, at] = v
+        mask = (torch.arange(k_cache.size(2), device=x.device) <= pos).view(1, -1)  # (1, L): keys 0..pos
+        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.c_proj(y) if self.c_proj is not None else y
+
 
 class MLP(nn.Module):
     """Feed-forward. Before the +projection rung it is the tutorial's Linear(C, C) + ReLU;
@@ -186,6 +203,15 @@ class Block(nn.Module):
             self.attn = (LoopAttention if cfg.attn_impl == "loop" else FusedAttention)(cfg)
         self.ln_2 = _norm(cfg) if cfg.mlp else None
         self.mlp = MLP(cfg) if cfg.mlp else None
+
+    def step(self, x, k_cache, v_cache, pos):
+        if self.attn is not None:
+            a = self.attn.step(self.ln_1(x), k_cache, v_cache, pos)
+            x = x + a if self.residual else a
+        if self.mlp is not None:
+            m = self.mlp(self.ln_2(x))
+            x = x + m if self.residual else m
+        return x
 
     def forward(self, x, kv=None, pos0=0):
         if self.attn is not None:
@@ -255,6 +281,18 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos = pos0 + T
         return self.ln_f(x)
+
+    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """idx (B, 1) new tokens at position pos (0-d long tensor) -> logits (B, V); writes the
+        tokens' keys/values into the cache tensors k, v (n_layer, B, nh, block_size, hs).
+        The same function as forward(idx, kv_cache=...) for one token, written with fixed shapes
+        for torch.compile; needs the fused attention (attn_impl="sdpa")."""
+        x = self.wte(idx)  # (B, 1, C)
+        if self.wpe is not None:
+            x = x + self.wpe(pos.view(1))
+        for i, block in enumerate(self.h):
+            x = block.step(x, k[i], v[i], pos)
+        return self.logits(self.ln_f(x))[:, -1, :]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(x)

@@ -22,6 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     p.add_argument("--variants", default="fast,classic,tutorial", help="comma list of fast,classic,tutorial")
     p.add_argument("--decode-tokens", type=int, default=200, help="new tokens per decode run (0 = skip decoding)")
+    p.add_argument("--decode-compile", action="store_true",
+                   help="also time the torch.compile'd decoding step (compile time reported apart)")
     p.add_argument("--decode-max-s", type=float, default=60.0, help="stop a decode run after this many seconds")
     p.add_argument("--no-malloc-tune", action="store_true", help="leave glibc malloc at its defaults")
     p.add_argument("--peak-size", type=int, default=2048, help="matmul size for the measured peak (default 2048)")
@@ -65,7 +67,8 @@ def run(args) -> int:
     res = run_bench(preset, dec, device=preset.train.device, steps=args.steps, rounds=args.rounds,
                     decode_tokens=args.decode_tokens, decode_max_s=args.decode_max_s,
                     malloc=not args.no_malloc_tune, variants=variants, bf16_peak=args.bf16_peak,
-                    peak_n=args.peak_size, decode_state=state, quality_run=args.run, log=log)
+                    peak_n=args.peak_size, decode_state=state, quality_run=args.run,
+                    decode_compile=args.decode_compile, log=log)
     print(format_table(res))
     text = json.dumps(res, indent=2)
     if args.json == "-":

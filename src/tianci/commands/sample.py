@@ -16,6 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-at-end", action="store_true", help="stop each sample at the end of its poem")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (as the tutorial)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding step (pays off for long samples; CUDA graphs on a GPU)")
     p.add_argument("--which", choices=["best", "latest"], default="best", help="which weights to load")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
@@ -39,7 +41,7 @@ def run(args) -> int:
 
     opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop_at_end=args.stop_at_end,
-                         use_cache=not args.no_cache).validate()
+                         use_cache=not args.no_cache, compiled=args.compile).validate()
     r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
     encode_prompt(r.tokenizer, args.prompt)  # an unknown character fails here, before any output
     for i in range(args.num_samples):  # one at a time so the terminal streams each poem in order

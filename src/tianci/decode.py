@@ -1,0 +1,65 @@
+"""An optional compiled decoding step (`tianci sample --compile`, `tianci bench`).
+
+Eager decoding of one token runs a few hundred small PyTorch ops; on a GPU each is a kernel launch,
+so a small model decodes at the speed of the launches, not of the GPU. GPT.decode_step is written
+with fixed shapes (the whole preallocated cache with a mask, the position as a tensor), so
+torch.compile turns it into one graph; on CUDA, mode="reduce-overhead" also records it as a CUDA
+graph and replays it with one launch. The KV cache is held as buffers of a small module (as in
+gpt-fast) because CUDA graphs may only write in place into static tensors.
+
+One compiled step (and its cache) is kept per (model, batch size) and reused by later calls, so
+the compile cost (seconds to a minute) is paid once per process. Not thread-safe: the server does
+not use it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn as nn
+
+
+class DecodeStep(nn.Module):
+    """Holds a KVCache's tensors as buffers and runs model.decode_step on them."""
+
+    def __init__(self, model, batch_size: int):
+        super().__init__()
+        self.model = model
+        self.cache = model.new_kv_cache(batch_size)
+        self.register_buffer("k", self.cache.k, persistent=False)  # the same storage, not a copy
+        self.register_buffer("v", self.cache.v, persistent=False)
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_step(idx, pos, self.k, self.v)
+
+
+def can_compile(model) -> bool:
+    cfg = getattr(model, "config", None)
+    return hasattr(model, "decode_step") and cfg is not None and cfg.attn_impl == "sdpa" and cfg.attn != "none"
+
+
+def compiled_step(model, batch_size: int):
+    """(step_fn, cache) for this model and batch size, compiled on first use; None if the model
+    cannot use it (loop attention, no attention) or compilation fails (a warning says why)."""
+    steps = model.__dict__.setdefault("_compiled_steps", {})  # not a submodule: never saved or moved
+    if batch_size in steps:
+        return steps[batch_size]
+    if not can_compile(model):
+        return None
+    try:
+        mod = DecodeStep(model, batch_size)
+        mode = "reduce-overhead" if mod.k.device.type == "cuda" else None
+        fn = torch.compile(mod, fullgraph=True, dynamic=False, mode=mode)
+        dev = mod.k.device
+        with torch.no_grad():
+            for i in range(3):  # compile now (errors surface here, not mid-poem); CUDA graphs record on the 3rd
+                fn(torch.zeros((batch_size, 1), dtype=torch.long, device=dev), torch.tensor(i, device=dev))
+        mod.cache.reset()
+    except Exception as e:  # an optimisation, never a requirement
+        print(f"warning: compiled decoding unavailable ({type(e).__name__}: {e}); decoding eagerly",
+              file=sys.stderr)
+        steps[batch_size] = None
+        return None
+    steps[batch_size] = (fn, mod.cache)
+    return steps[batch_size]
