@@ -27,11 +27,18 @@ class DecodeStep(nn.Module):
         super().__init__()
         self.model = model
         self.cache = model.new_kv_cache(batch_size)
-        self.register_buffer("k", self.cache.k, persistent=False)  # the same storage, not a copy
-        self.register_buffer("v", self.cache.v, persistent=False)
+        # One buffer per layer, each a view of the cache (same storage, not a copy): torch.compile
+        # then writes each new key/value in place; a write into a slice of one big buffer made it
+        # copy the whole cache every step (measured: time per token grew with block_size).
+        self.n_layer = self.cache.k.size(0)
+        for i in range(self.n_layer):
+            self.register_buffer(f"k{i}", self.cache.k[i], persistent=False)
+            self.register_buffer(f"v{i}", self.cache.v[i], persistent=False)
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.model.decode_step(idx, pos, self.k, self.v)
+        ks = [getattr(self, f"k{i}") for i in range(self.n_layer)]
+        vs = [getattr(self, f"v{i}") for i in range(self.n_layer)]
+        return self.model.decode_step(idx, pos, ks, vs)
 
 
 def can_compile(model) -> bool:
@@ -49,9 +56,9 @@ def compiled_step(model, batch_size: int):
         return None
     try:
         mod = DecodeStep(model, batch_size)
-        mode = "reduce-overhead" if mod.k.device.type == "cuda" else None
+        mode = "reduce-overhead" if mod.cache.k.device.type == "cuda" else None  # CUDA graphs on a GPU
         fn = torch.compile(mod, fullgraph=True, dynamic=False, mode=mode)
-        dev = mod.k.device
+        dev = mod.cache.k.device
         with torch.no_grad():
             for i in range(3):  # compile now (errors surface here, not mid-poem); CUDA graphs record on the 3rd
                 fn(torch.zeros((batch_size, 1), dtype=torch.long, device=dev), torch.tensor(i, device=dev))

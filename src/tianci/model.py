@@ -284,7 +284,8 @@ class GPT(nn.Module):
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """idx (B, 1) new tokens at position pos (0-d long tensor) -> logits (B, V); writes the
-        tokens' keys/values into the cache tensors k, v (n_layer, B, nh, block_size, hs).
+        tokens' keys/values into the cache: k, v are indexable per layer (a KVCache's k/v tensors
+        (n_layer, B, nh, block_size, hs), or lists of (B, nh, block_size, hs)).
         The same function as forward(idx, kv_cache=...) for one token, written with fixed shapes
         for torch.compile; needs the fused attention (attn_impl="sdpa")."""
         x = self.wte(idx)  # (B, 1, C)
