@@ -44,6 +44,11 @@ def run(args) -> int:
                          use_cache=not args.no_cache, compiled=args.compile).validate()
     r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
     encode_prompt(r.tokenizer, args.prompt)  # an unknown character fails here, before any output
+    if args.compile:
+        from ..decode import can_compile
+        if not can_compile(r.model):
+            print("tianci sample: warning: --compile needs the fused attention (attn_impl=sdpa); "
+                  "decoding eagerly", file=sys.stderr)
     for i in range(args.num_samples):  # one at a time so the terminal streams each poem in order
         if opts.seed is not None:
             opts.seed = args.seed + i
