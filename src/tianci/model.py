@@ -147,9 +147,12 @@ class FusedAttention(nn.Module):
         at = pos.view(1)
         k_cache[:, :, at] = k  # index_put_ with a tensor index: an in-place store, also when compiled
         v_cache[:, :, at] = v
-        mask = (torch.arange(k_cache.size(2), device=x.device) <= pos).view(1, -1)  # (1, L): keys 0..pos
-        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        # The tutorial's formula, written out: for one query over a short cache, compiled elementwise
+        # code beats the fused SDPA kernel's per-call setup (~0.1 ms per layer on this CPU).
+        wei = (q @ k_cache.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, nh, 1, L)
+        future = torch.arange(k_cache.size(2), device=x.device) > pos  # (L,): slots not yet written
+        wei = wei.masked_fill(future, float("-inf")).softmax(dim=-1)
+        y = (wei @ v_cache).transpose(1, 2).reshape(B, T, C)  # (B, 1, C)
         return self.c_proj(y) if self.c_proj is not None else y
 
 
