@@ -194,7 +194,27 @@ def test_real_pattern_with_gpt(cipu_dir, rhyme_dir):
     tok = tok_of(vocab + list("浣溪沙"))
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=128))
-    for name in ("浣溪沙", "菩萨蛮"):
+    for name in ("浣溪沙", "菩萨蛮", "如梦令"):
         r = compose(model, tok, name, cipu=cp, phon=phon, seed=0)
         c = check_poem(r.text, r.form, phon)
         assert c.form_ok and c.tone_hits == c.tone_total and c.rhyme_hits == c.rhyme_total, r.text
+    chars = [ch for ch in r.text if is_han(ch)]  # 如梦令: "……如梦。如梦。……": the 叠 repeats character 25
+    assert r.form.repeat_of(26) == 24 and chars[26] == chars[24], r.text
+
+
+def test_die_marks_parse_and_repeat():
+    """Guards 叠 (repeat) marks of the 词谱 being ignored: the character before a 叠 must repeat the
+    rhyme character before it (如梦令's 如梦。如梦。); misaligned marks are dropped, not guessed."""
+    from tianci.cipai import _repeats
+
+    rhyme = [-1, 0, -1, 0]
+    assert _repeats(["中仄韵", "中仄叠"], rhyme) == (-1, -1, -1, 1)
+    assert _repeats(["中仄韵", "中叠"], rhyme) == ()  # 3 tone marks for 4 characters
+    assert _repeats(["中仄韵", "中仄韵"], rhyme) == ()
+    tok = tok_of(ALL_HAN)
+    form = Form("叠测", "叠测", "词谱", 0, 1, ("**。", "**。"), "中仄中仄", (-1, 0, -1, 0), repeat=(-1, -1, -1, 1))
+    for seed in range(6):
+        r = compose(TinyLM(tok.vocab_size, seed), tok, form, phon=PHON, seed=seed, temperature=2.0)
+        a, b = r.text.split("\n")[:2]
+        assert a[1] == b[1], r.text
+        assert check_poem(r.text, form, PHON).form_ok

@@ -44,6 +44,7 @@ class Variant:
     rhyme: tuple[int, ...]  # per character: rhyme group or -1
     lines: tuple[str, ...]  # skeleton per paragraph
     example: str  # origin
+    repeat: tuple[int, ...] = ()  # per character: the earlier character a 叠 repeats, or -1
 
 
 @dataclass
@@ -66,10 +67,16 @@ class Form:
     rhyme: tuple[int, ...]
     example: str = ""
     corpus_count: int = 0
+    repeat: tuple[int, ...] = ()  # per character: slot of the earlier character a 叠 repeats, or -1
 
     def __post_init__(self):
         n = sum(line.count("*") for line in self.lines)
         assert n == len(self.tones) == len(self.rhyme), (self.name, n, len(self.tones), len(self.rhyme))
+        assert not self.repeat or len(self.repeat) == n, (self.name, n, len(self.repeat))
+
+    def repeat_of(self, slot: int) -> int:
+        """The earlier slot whose character slot must repeat (a 叠 in the 词谱), or -1."""
+        return self.repeat[slot] if self.repeat else -1
 
     @property
     def n_chars(self) -> int:
@@ -124,7 +131,26 @@ def _variant(v: dict, where: str) -> Variant:
         lines = tuple(re.sub(r"[^　]", "*", s).replace("　", "，") + "。" for s in v["ci_sep"])
         if sum(s.count("*") for s in lines) != len(tones):
             raise TianciError(f"{where}: ci_sep and ge_lyu_str disagree on the number of characters")
-    return Variant(tones, tuple(rhyme), lines, origin)
+    return Variant(tones, tuple(rhyme), lines, origin, _repeats(v.get("ge_lyu_sep") or [], rhyme))
+
+
+def _repeats(sep: list[str], rhyme: list[int]) -> tuple[int, ...]:
+    """叠 marks in ge_lyu_sep: the character before a 叠 repeats the rhyme character before it
+    (如梦令's 如梦。如梦。, 钗头凤's 错、错、错). Marks that do not line up with ge_lyu_str are ignored."""
+    n, marked = 0, []
+    for ch in "".join(sep):
+        if ch in "平仄中":
+            n += 1
+        elif ch == "叠" and n > 0:
+            marked.append(n - 1)
+    if not marked or n != len(rhyme):
+        return ()
+    out = [-1] * n
+    for p in marked:
+        earlier = [q for q in range(p) if rhyme[q] >= 0 or q in marked]
+        if earlier:
+            out[p] = earlier[-1]
+    return tuple(out) if any(r >= 0 for r in out) else ()
 
 
 def _skeleton_from_origin(origin: str, n: int) -> tuple[str, ...] | None:
@@ -268,7 +294,8 @@ class CiPu:
             v = vs[i]
             if v is None:
                 raise TianciError(f"词牌 {ent.names[0]}: 词谱 variant {i} is inconsistent; pick another --variant")
-            return Form(ent.names[0], title, "词谱", i, len(vs), v.lines, v.tones, v.rhyme, v.example, count)
+            return Form(ent.names[0], title, "词谱", i, len(vs), v.lines, v.tones, v.rhyme, v.example, count,
+                        v.repeat)
         if not sk_counts:
             raise TianciError(f"词牌 {ent.names[0]}: no 词谱 pattern and no well-formed poem in the corpus")
         sk = max(sk_counts, key=lambda s: (sk_counts[s], -len(s)))

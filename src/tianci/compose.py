@@ -220,6 +220,7 @@ class _Row:
         self.bus: dict[int, set[int] | None] = {}
         self.used: dict[int, set[int]] = {}
         self.tokens: list[int] = []
+        self.slot_tok: dict[int, int] = {}  # character slot -> token written there (for 叠)
 
 
 class ConstrainedDecoder:
@@ -247,6 +248,10 @@ class ConstrainedDecoder:
             m[self.forced[j]] = True
             return m
         kind, slot = self.fm.cells[j]
+        if kind == "c" and self.form.repeat_of(slot) in row.slot_tok:  # 叠: the same character again
+            m = torch.zeros_like(vt.han)
+            m[row.slot_tok[self.form.repeat_of(slot)]] = True
+            return m
         strict = self.fm.strict[j]
         if kind != "c" or self.form.rhyme[slot] < 0:
             if strict.any():
@@ -284,6 +289,8 @@ class ConstrainedDecoder:
         if row.cell >= len(self.fm.cells):
             return ""
         kind, slot = self.fm.cells[row.cell]
+        if kind == "c":
+            row.slot_tok[slot] = tok
         if kind == "c" and self.form.rhyme[slot] >= 0:
             g = self.form.rhyme[slot]
             have = vt.phon.groups(text, self.form.tones[slot])
