@@ -58,6 +58,25 @@ def test_corpus_only_form(mini_cipu):
     assert ("一翦梅", [], "corpus", 4) in cp.listing()
 
 
+def test_variant_characters_and_aliases_join_the_cipu(tmp_path):
+    """Guards corpus titles that spell a 词谱 tune differently (一翦梅 for 一剪梅, 思佳客 for 鹧鸪天)
+    becoming separate corpus-only 词牌 with guessed forms, their poems lost to the real tune."""
+    idx = [{"idx": 0, "names": ["一剪梅"], "pinyins": ["yjm"], "full": "yijianmei"},
+           {"idx": 1, "names": ["鹧鸪天"], "pinyins": ["zgt"], "full": "zhegutian"}]
+    (tmp_path / "ci_list").mkdir()
+    (tmp_path / "ci_index.json").write_text(json.dumps(idx, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "ci_list" / "cipai_0.json").write_text(json.dumps([HXS], ensure_ascii=False), "utf-8")
+    (tmp_path / "ci_list" / "cipai_1.json").write_text(json.dumps([HXS2], ensure_ascii=False), "utf-8")
+    poems = ([CorpusPoem("一翦梅", "某", ["宿醉离愁慢髻鬟。", "六铢衣薄惹轻寒。"])] * 3
+             + [CorpusPoem("思佳客", "某", ["红蓼渡头秋正雨，印沙鸥迹自成行。"])] * 2)
+    cp = CiPu.load(tmp_path, CorpusStats.from_poems(poems))
+    f = cp.form("一翦梅")
+    assert f.name == "一剪梅" and f.source == "词谱" and f.corpus_count == 3 and f.title == "一翦梅"
+    g = cp.form("思佳客")
+    assert g.name == "鹧鸪天" and g.source == "词谱" and g.corpus_count == 2
+    assert not [row for row in cp.listing() if row[2] == "corpus"]
+
+
 def test_unknown_name_suggests(mini_cipu):
     """Guards: an unknown 词牌 failing without naming the closest ones."""
     cp = CiPu.load(mini_cipu)

@@ -29,6 +29,14 @@ UPSTREAM = "https://raw.githubusercontent.com/hulbji/couyun/HEAD/ci_pu"
 ENV = "TIANCI_CIPU_SOURCE"
 
 
+# Corpus titles that spell a 词谱 name with a variant character (一翦梅 / 一剪梅, 六么令 / 六幺令,
+# 抛球乐 / 抛毬乐, 锁窗寒 / 琐窗寒, 剔银灯 / 剔银镫, 红林擒近 / 红林檎近).
+VARIANT_CHARS = str.maketrans("翦么球锁灯擒", "剪幺毬琐镫檎")
+# Other names of a tune that the 词谱's index does not list (each checked against the corpus: the
+# poems under the alias have the target's length): 思佳客 = 鹧鸪天, 摸鱼子 = 摸鱼儿, 卖花声 = 浪淘沙令.
+ALIASES = {"思佳客": "鹧鸪天", "摸鱼子": "摸鱼儿", "卖花声": "浪淘沙令"}
+
+
 class UnknownCipaiError(TianciError):
     """A 词牌 neither the 词谱 nor the corpus knows; `.suggestions` holds the closest names."""
 
@@ -206,10 +214,14 @@ class CiPu:
         return cls(index, src, corpus, phon)
 
     def _match_title(self, title: str) -> Entry | None:
-        """'望江南・忆江南' → 望江南; a plain name as is."""
-        for part in [title, *re.split(r"[・·]", title)]:
-            if part in self.by_name:
-                return self.by_name[part]
+        """'望江南・忆江南' → 望江南; a plain name as is; then the same with variant characters
+        (一翦梅 → 一剪梅) and the well-known other names the 词谱's index lacks (思佳客 → 鹧鸪天)."""
+        parts = [title, *re.split(r"[・·]", title)]
+        for key in (lambda p: p, lambda p: p.translate(VARIANT_CHARS), ALIASES.get):
+            for part in parts:
+                k = key(part)
+                if k and k in self.by_name and self.by_name[k].idx is not None:
+                    return self.by_name[k]
         return None
 
     def variants(self, ent: Entry) -> list[Variant | None]:
