@@ -77,6 +77,24 @@ def test_variant_characters_and_aliases_join_the_cipu(tmp_path):
     assert not [row for row in cp.listing() if row[2] == "corpus"]
 
 
+def test_tune_written_in_its_ling_form_uses_that_pattern(tmp_path):
+    """Guards composing 浪淘沙 as the 词谱's 28-character quatrain when the corpus (李煜's 帘外雨潺潺
+    and 170 more) writes it in 浪淘沙令's form: the 令 entry supplies the pattern, the title stays."""
+    idx = [{"idx": 0, "names": ["浪淘沙"], "pinyins": ["lts"], "full": "langtaosha"},
+           {"idx": 1, "names": ["浪淘沙令"], "pinyins": ["ltsl"], "full": "langtaoshaling"}]
+    (tmp_path / "ci_list").mkdir()
+    (tmp_path / "ci_index.json").write_text(json.dumps(idx, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "ci_list" / "cipai_0.json").write_text(json.dumps([PSM], ensure_ascii=False), "utf-8")
+    (tmp_path / "ci_list" / "cipai_1.json").write_text(json.dumps([HXS], ensure_ascii=False), "utf-8")
+    poems = [CorpusPoem("浪淘沙", "某", ["宿醉离愁慢髻鬟。", "六铢衣薄惹轻寒。"])] * 6
+    cp = CiPu.load(tmp_path, CorpusStats.from_poems(poems))
+    f = cp.form("浪淘沙")
+    assert (f.name, f.title, f.n_chars, f.corpus_count) == ("浪淘沙令", "浪淘沙", 14, 6)
+    assert cp.form("浪淘沙", 0).n_chars == 8  # an explicit --variant still means the 词谱's own 浪淘沙
+    few = CiPu.load(tmp_path, CorpusStats.from_poems(poems[:3]))
+    assert few.form("浪淘沙").name == "浪淘沙"  # too few poems to overrule the 词谱
+
+
 def test_unknown_name_suggests(mini_cipu):
     """Guards: an unknown 词牌 failing without naming the closest ones."""
     cp = CiPu.load(mini_cipu)

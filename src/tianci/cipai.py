@@ -301,6 +301,8 @@ class CiPu:
                               f"{len(vs)} 词谱 variant(s) (0..{len(vs) - 1})" if vs else
                               f"--variant: 词牌 {ent.names[0]} is not in the 词谱 (its form comes from the corpus)")
         count = self.count(ent)
+        if vs and variant is None and (sib := self._sibling(ent, vs, sk_counts)) is not None:
+            ent, vs = sib, self.variants(sib)  # e.g. 浪淘沙 poems are written in 浪淘沙令's form
         if vs:
             i = variant if variant is not None else self._choose(vs, sk_counts)
             v = vs[i]
@@ -318,6 +320,26 @@ class CiPu:
         tones, rhyme = infer_form_marks(sk, texts, self.phon)
         example = "".join(texts[0]) if texts else ""
         return Form(ent.names[0], title, "corpus", None, 0, sk, tones, rhyme, example, count)
+
+    def _sibling(self, ent: Entry, vs: list[Variant | None], sk_counts) -> Entry | None:
+        """The 令 form of a tune when the corpus writes it, not the 词谱's pattern under this name.
+        The corpus titles 李煜's 54-character 浪淘沙 (浪淘沙令 in the 词谱, whose 浪淘沙 is a 28-character
+        quatrain) and the 44-character 诉衷情 likewise: when most poems (at least 5) have a length no
+        variant here has and the 令 entry has it, that entry gives the form."""
+        total = sum(sk_counts.values())
+        if total < 5:
+            return None
+        by_len: dict[int, int] = {}
+        for sk, c in sk_counts.items():
+            n = sum(line.count("*") for line in sk)
+            by_len[n] = by_len.get(n, 0) + c
+        n, c = max(by_len.items(), key=lambda kv: kv[1])
+        if 2 * c <= total or any(v is not None and len(v.tones) == n for v in vs):
+            return None
+        sib = self.by_name.get(ent.names[0] + "令")
+        if sib is None or sib is ent or sib.idx is None:
+            return None
+        return sib if any(v is not None and len(v.tones) == n for v in self.variants(sib)) else None
 
     @staticmethod
     def _choose(vs: list[Variant], sk_counts) -> int:
