@@ -211,8 +211,10 @@ def test_die_marks_parse_and_repeat():
     assert _repeats(["中仄韵", "中仄叠"], rhyme) == (-1, -1, -1, 1)
     assert _repeats(["中仄韵", "中叠"], rhyme) == ()  # 3 tone marks for 4 characters
     assert _repeats(["中仄韵", "中仄韵"], rhyme) == ()
+    from tianci.cipai import render
     tok = tok_of(ALL_HAN)
     form = Form("叠测", "叠测", "词谱", 0, 1, ("**。", "**。"), "中仄中仄", (-1, 0, -1, 0), repeat=(-1, -1, -1, 1))
+    assert render(form).splitlines() == ["◐●A。", "◐●A叠。"]
     for seed in range(6):
         r = compose(TinyLM(tok.vocab_size, seed), tok, form, phon=PHON, seed=seed, temperature=2.0)
         a, b = r.text.split("\n")[:2]

@@ -366,7 +366,8 @@ class CiPu:
 
 
 def render(form: Form) -> str:
-    """○ 平, ● 仄, ◐ 中; a rhyme slot is followed by its group letter (A, B … for rhyme changes)."""
+    """○ 平, ● 仄, ◐ 中; a rhyme slot is followed by its group letter (A, B … for rhyme changes),
+    and a 叠 slot (it repeats the rhyme character before it) by 叠."""
     sym = {"平": "○", "仄": "●", ZHONG: "◐"}
     out = []
     for line, cells in _by_line(form):
@@ -374,6 +375,7 @@ def render(form: Form) -> str:
         for kind, v in cells:
             if kind == "c":
                 s += sym[form.tones[v]] + (chr(ord("A") + form.rhyme[v]) if form.rhyme[v] >= 0 else "")
+                s += "叠" if form.repeat_of(v) >= 0 else ""
             else:
                 s += v
         out.append(s)

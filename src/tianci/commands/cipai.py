@@ -33,7 +33,10 @@ def run(args) -> int:
              else "derived from the corpus (no 词谱 pattern)")
     print(f"{f.name}  ({f.title})  {f.n_chars} characters, {len(f.lines)} lines, "
           f"{rhyme_group_count(f)} rhyme group(s); {which}; {f.corpus_count} poems in the corpus")
-    print("○ 平  ● 仄  ◐ 中 (either)  A/B… rhyme (a new letter = a rhyme change)\n")
+    legend = "○ 平  ● 仄  ◐ 中 (either)  A/B… rhyme (a new letter = a rhyme change)"
+    if any(r >= 0 for r in f.repeat):
+        legend += "  叠 = the rhyme character before it, again"
+    print(legend + "\n")
     print(render(f))
     if f.example:
         print(f"\n例: {f.example}")
