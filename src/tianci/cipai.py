@@ -217,7 +217,10 @@ class CiPu:
         """'望江南・忆江南' → 望江南; a plain name as is; then the same with variant characters
         (一翦梅 → 一剪梅) and the well-known other names the 词谱's index lacks (思佳客 → 鹧鸪天)."""
         parts = [title, *re.split(r"[・·]", title)]
-        for key in (lambda p: p, lambda p: p.translate(VARIANT_CHARS), ALIASES.get):
+        for part in parts:
+            if part in self.by_name:
+                return self.by_name[part]
+        for key in (lambda p: p.translate(VARIANT_CHARS), ALIASES.get):  # only onto 词谱 entries
             for part in parts:
                 k = key(part)
                 if k and k in self.by_name and self.by_name[k].idx is not None:
