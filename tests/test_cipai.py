@@ -18,15 +18,20 @@ PSM = {"ge_lyu_str": "平仄平平仄平平仄", "rhyme_pos": [2, 7], "yun_class
        "ci_sep": ["春风起", "明月照江楼"], "origin": "春风起。明月、照江楼。"}
 
 
+def write_cipu(root, tunes):
+    """A 词谱 directory in couyun's layout: tunes = [(names, pinyins, full, [variants...]), ...]."""
+    idx = [{"idx": i, "names": names, "pinyins": pys, "full": full} for i, (names, pys, full, _) in enumerate(tunes)]
+    (root / "ci_list").mkdir()
+    (root / "ci_index.json").write_text(json.dumps(idx, ensure_ascii=False), encoding="utf-8")
+    for i, (*_, variants) in enumerate(tunes):
+        (root / "ci_list" / f"cipai_{i}.json").write_text(json.dumps(variants, ensure_ascii=False), "utf-8")
+    return root
+
+
 @pytest.fixture
 def mini_cipu(tmp_path):
-    idx = [{"idx": 0, "names": ["浣溪沙"], "pinyins": ["hxs", "huanxisha"], "full": "huanxisha"},
-           {"idx": 1, "names": ["菩萨蛮", "重叠金"], "pinyins": ["psm"], "full": "pusaman"}]
-    (tmp_path / "ci_list").mkdir()
-    (tmp_path / "ci_index.json").write_text(json.dumps(idx, ensure_ascii=False), encoding="utf-8")
-    (tmp_path / "ci_list" / "cipai_0.json").write_text(json.dumps([HXS, HXS2], ensure_ascii=False), "utf-8")
-    (tmp_path / "ci_list" / "cipai_1.json").write_text(json.dumps([PSM], ensure_ascii=False), "utf-8")
-    return tmp_path
+    return write_cipu(tmp_path, [(["浣溪沙"], ["hxs", "huanxisha"], "huanxisha", [HXS, HXS2]),
+                                 (["菩萨蛮", "重叠金"], ["psm"], "pusaman", [PSM])])
 
 
 def test_parse_variant(mini_cipu):
@@ -61,12 +66,7 @@ def test_corpus_only_form(mini_cipu):
 def test_variant_characters_and_aliases_join_the_cipu(tmp_path):
     """Guards corpus titles that spell a 词谱 tune differently (一翦梅 for 一剪梅, 思佳客 for 鹧鸪天)
     becoming separate corpus-only 词牌 with guessed forms, their poems lost to the real tune."""
-    idx = [{"idx": 0, "names": ["一剪梅"], "pinyins": ["yjm"], "full": "yijianmei"},
-           {"idx": 1, "names": ["鹧鸪天"], "pinyins": ["zgt"], "full": "zhegutian"}]
-    (tmp_path / "ci_list").mkdir()
-    (tmp_path / "ci_index.json").write_text(json.dumps(idx, ensure_ascii=False), encoding="utf-8")
-    (tmp_path / "ci_list" / "cipai_0.json").write_text(json.dumps([HXS], ensure_ascii=False), "utf-8")
-    (tmp_path / "ci_list" / "cipai_1.json").write_text(json.dumps([HXS2], ensure_ascii=False), "utf-8")
+    write_cipu(tmp_path, [(["一剪梅"], ["yjm"], "yijianmei", [HXS]), (["鹧鸪天"], ["zgt"], "zhegutian", [HXS2])])
     poems = ([CorpusPoem("一翦梅", "某", ["宿醉离愁慢髻鬟。", "六铢衣薄惹轻寒。"])] * 3
              + [CorpusPoem("思佳客", "某", ["红蓼渡头秋正雨，印沙鸥迹自成行。"])] * 2)
     cp = CiPu.load(tmp_path, CorpusStats.from_poems(poems))
@@ -80,12 +80,8 @@ def test_variant_characters_and_aliases_join_the_cipu(tmp_path):
 def test_tune_written_in_its_ling_form_uses_that_pattern(tmp_path):
     """Guards composing 浪淘沙 as the 词谱's 28-character quatrain when the corpus (李煜's 帘外雨潺潺
     and 170 more) writes it in 浪淘沙令's form: the 令 entry supplies the pattern, the title stays."""
-    idx = [{"idx": 0, "names": ["浪淘沙"], "pinyins": ["lts"], "full": "langtaosha"},
-           {"idx": 1, "names": ["浪淘沙令"], "pinyins": ["ltsl"], "full": "langtaoshaling"}]
-    (tmp_path / "ci_list").mkdir()
-    (tmp_path / "ci_index.json").write_text(json.dumps(idx, ensure_ascii=False), encoding="utf-8")
-    (tmp_path / "ci_list" / "cipai_0.json").write_text(json.dumps([PSM], ensure_ascii=False), "utf-8")
-    (tmp_path / "ci_list" / "cipai_1.json").write_text(json.dumps([HXS], ensure_ascii=False), "utf-8")
+    write_cipu(tmp_path, [(["浪淘沙"], ["lts"], "langtaosha", [PSM]),
+                          (["浪淘沙令"], ["ltsl"], "langtaoshaling", [HXS])])
     poems = [CorpusPoem("浪淘沙", "某", ["宿醉离愁慢髻鬟。", "六铢衣薄惹轻寒。"])] * 6
     cp = CiPu.load(tmp_path, CorpusStats.from_poems(poems))
     f = cp.form("浪淘沙")

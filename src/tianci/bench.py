@@ -26,7 +26,7 @@ from .config import Preset
 from .generate import generate
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
-from .train import pick_device, pick_dtype, tune_malloc
+from .train import Batches, batch_seed, pick_device, pick_dtype, tune_malloc
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, budget_s: float = 20.0) -> dict:
@@ -201,40 +201,32 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
 
 
 @torch.no_grad()
-def quant_quality(run_dir, device, tokens: int = 32768, seed: int = 0) -> dict:
+def quant_quality(run_dir, device, tokens: int = 32768, seed: int = 0, batch_size: int = 16) -> dict:
     """What int8 weights cost a trained run: val loss (nats/token) and greedy next-token agreement
     of the fp32 and int8 models on the same windows of the run's val.bin."""
-    import numpy as np
-
     from .checkpoint import load_run
     from .errors import TianciError
     from .quant import quantize_int8
 
     run = load_run(run_dir, device=str(device))
-    data_dir = run.meta.get("data", {}).get("dir")
-    val = Path(data_dir or "") / "val.bin"
-    if not data_dir or not val.exists():
-        raise TianciError(f"--run {run_dir}: its val.bin ({val}) is missing; prepare the data first")
-    data = np.memmap(val, dtype=np.uint16 if run.meta["data"].get("dtype", "uint16") == "uint16" else np.uint32,
-                     mode="r")
+    data = run.meta.get("data", {})
+    if not data.get("dir"):
+        raise TianciError(f"--run {run_dir}: its config names no data directory; prepare the data first")
     T = run.model.config.block_size
-    g = torch.Generator().manual_seed(seed)
-    n = max(1, tokens // T)
-    starts = torch.randint(0, len(data) - T - 1, (n,), generator=g).tolist()
-    x = torch.stack([torch.from_numpy(data[s:s + T].astype(np.int64)) for s in starts]).to(device)
-    y = torch.stack([torch.from_numpy(data[s + 1:s + T + 1].astype(np.int64)) for s in starts]).to(device)
+    val = Batches(Path(data["dir"]) / "val.bin", data.get("dtype", "uint16"), T, batch_size, torch.device(device))
+    batches = [val.get(batch_seed(seed, 0, k)) for k in range(max(1, tokens // (batch_size * T)))]
     q = quantize_int8(copy.deepcopy(run.model))
-    res = {}
+    res, preds = {}, {}
     for name, m in (("fp32", run.model), ("int8", q)):
-        losses, preds = [], []
-        for i in range(0, n, 16):
-            logits, loss = m(x[i:i + 16], y[i:i + 16])
-            losses.append(float(loss) * len(x[i:i + 16]))
-            preds.append(logits.argmax(-1))
-        res[f"val_loss_{name}"] = sum(losses) / n
-        res[f"_pred_{name}"] = torch.cat(preds)
-    res["greedy_agreement"] = float((res.pop("_pred_fp32") == res.pop("_pred_int8")).float().mean())
-    res["tokens"] = n * T
+        losses, preds[name] = [], []
+        for x, y in batches:  # keep the argmax, not the (B, T, V) logits
+            logits, loss = m(x, y)
+            losses.append(float(loss))
+            preds[name].append(logits.argmax(-1))
+        res[f"val_loss_{name}"] = sum(losses) / len(losses)
+    preds = {k: torch.cat(v) for k, v in preds.items()}
+    res["greedy_agreement"] = float((preds["fp32"] == preds["int8"]).float().mean())
+    res["tokens"] = len(batches) * batch_size * T
     res["run"] = str(run_dir)
     return res
 

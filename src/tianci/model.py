@@ -115,6 +115,8 @@ class FusedAttention(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
 
     def forward(self, x, kv=None, pos0=0):
+        if isinstance(pos0, torch.Tensor):  # GPT.decode_step: one token, fixed shapes
+            return self.step(x, kv[0], kv[1], pos0)
         B, T, C = x.shape
         nh = self.cfg.heads
         q, k, v = self.c_attn(x).split(C, dim=2)
@@ -207,15 +209,6 @@ class Block(nn.Module):
         self.ln_2 = _norm(cfg) if cfg.mlp else None
         self.mlp = MLP(cfg) if cfg.mlp else None
 
-    def step(self, x, k_cache, v_cache, pos):
-        if self.attn is not None:
-            a = self.attn.step(self.ln_1(x), k_cache, v_cache, pos)
-            x = x + a if self.residual else a
-        if self.mlp is not None:
-            m = self.mlp(self.ln_2(x))
-            x = x + m if self.residual else m
-        return x
-
     def forward(self, x, kv=None, pos0=0):
         if self.attn is not None:
             a = self.attn(self.ln_1(x), kv, pos0)
@@ -295,7 +288,7 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(pos.view(1))
         for i, block in enumerate(self.h):
-            x = block.step(x, k[i], v[i], pos)
+            x = block(x, (k[i], v[i]), pos)
         return self.logits(self.ln_f(x))[:, -1, :]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
