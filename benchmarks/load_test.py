@@ -111,8 +111,8 @@ def main() -> int:
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from server_fixtures import start_server, stop_server  # the tests' loopback launcher
-        from tianci.server import create_app
-        from tianci.server_limits import Limits
+        from tianci.serve.app import create_app
+        from tianci.serve.limits import Limits
 
         if args.threads:
             import torch

@@ -78,7 +78,7 @@ def build_world(root: Path) -> dict:
         return _CACHE[key]
     from tianci.config import load_preset, validate
     from tianci.corpus import Corpus, build
-    from tianci.tones import Phonology
+    from tianci.ci.tones import Phonology
     from tianci.train import train
 
     root = Path(root)
@@ -101,8 +101,8 @@ def build_world(root: Path) -> dict:
 
 
 def open_world_cipu(world: dict):
-    from tianci.cipai import CiPu
-    from tianci.cipai_corpus import load_corpus
+    from tianci.ci.cipai import CiPu
+    from tianci.ci.corpus_stats import load_corpus
 
     return CiPu.load(world["cipu_dir"], load_corpus(world["data"]), world["phon"])
 

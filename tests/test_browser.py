@@ -1,4 +1,4 @@
-"""The playground in a real headless Chromium against a live `tianci serve` (tianci.server + static/)."""
+"""The playground in a real headless Chromium against a live `tianci serve` (tianci.serve.app + static/)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser,
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    from tianci.server import create_app
+    from tianci.serve.app import create_app
 
     world = build_world(tmp_path_factory.mktemp("browser-world"))
     server, thread, url = start_server(create_app(world["run"], cipu=open_world_cipu(world)))

@@ -1,4 +1,4 @@
-"""词谱 patterns, corpus skeletons and name resolution (tianci.cipai, tianci.cipai_corpus)."""
+"""词谱 patterns, corpus skeletons and name resolution (tianci.ci.cipai, tianci.ci.corpus_stats)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tianci.cipai import CiPu, UnknownCipaiError, render
-from tianci.cipai_corpus import CorpusPoem, CorpusStats, skeleton_line
+from tianci.ci.cipai import CiPu, UnknownCipaiError, render
+from tianci.ci.corpus_stats import CorpusPoem, CorpusStats, skeleton_line
 from tianci.errors import TianciError
 
 HXS = {"ge_lyu_str": "中仄中平中仄平中平中仄仄平平", "rhyme_pos": [6, 13], "yun_classify": {"0": [6, 13]},

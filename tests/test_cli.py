@@ -133,7 +133,7 @@ def test_counting_model_train_and_sample(tiny_data, tmp_path, capsys):
 def test_int8_sampling_and_bench_on_a_trained_run(cli_run, capsys):
     """Guards `--quantize int8` being parsed but not applied, and `tianci bench --run` not finding the
     run's val.bin or misreporting what int8 weights cost."""
-    from tianci.bench import quant_quality
+    from tianci.measure.bench import quant_quality
 
     _, run = cli_run
     assert main(["sample", "--run", str(run), "--quantize", "int8", "--prompt", "春", "--seed", "3",

@@ -1,4 +1,4 @@
-"""Constrained decoding (tianci.compose) and the independent checker (tianci.compose_eval)."""
+"""Constrained decoding (tianci.ci.compose) and the independent checker (tianci.ci.compose_eval)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tianci.cipai import CiPu, Form
-from tianci.compose import compose, compose_batch, form_masks
-from tianci.compose_eval import check_poem, longest_copy
+from tianci.ci.cipai import CiPu, Form
+from tianci.ci.compose import compose, compose_batch, form_masks
+from tianci.ci.compose_eval import check_poem, longest_copy
 from tianci.errors import TianciError
 from tianci.tokenizer import CharTokenizer
-from tianci.tones import PING, ZE, Phonology, is_han
+from tianci.ci.tones import PING, ZE, Phonology, is_han
 
 PING_1 = "东风中空红同"  # 第一部 平
 ZE_1 = "动送梦重中"  # 第一部 仄
@@ -205,13 +205,13 @@ def test_real_pattern_with_gpt(cipu_dir, rhyme_dir):
 def test_die_marks_parse_and_repeat():
     """Guards 叠 (repeat) marks of the 词谱 being ignored: the character before a 叠 must repeat the
     rhyme character before it (如梦令's 如梦。如梦。); misaligned marks are dropped, not guessed."""
-    from tianci.cipai import _repeats
+    from tianci.ci.cipai import _repeats
 
     rhyme = [-1, 0, -1, 0]
     assert _repeats(["中仄韵", "中仄叠"], rhyme) == (-1, -1, -1, 1)
     assert _repeats(["中仄韵", "中叠"], rhyme) == ()  # 3 tone marks for 4 characters
     assert _repeats(["中仄韵", "中仄韵"], rhyme) == ()
-    from tianci.cipai import render
+    from tianci.ci.cipai import render
     tok = tok_of(ALL_HAN)
     form = Form("叠测", "叠测", "词谱", 0, 1, ("**。", "**。"), "中仄中仄", (-1, 0, -1, 0), repeat=(-1, -1, -1, 1))
     assert render(form).splitlines() == ["◐●A。", "◐●A叠。"]

@@ -185,7 +185,7 @@ def test_cpu_auto_dtype_is_fp32_and_malloc_tune_is_safe():
 
 def test_bench_smoke():
     """Guards `tianci bench` plumbing: every variant reported with ms/step, MFU, speedups, decode rates."""
-    from tianci.bench import format_table, run_bench
+    from tianci.measure.bench import format_table, run_bench
 
     pr = load_preset("nanogpt-cpu")
     pr.model = tiny_cfg()

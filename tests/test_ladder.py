@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 from tianci.config import load_preset  # noqa: E402
 from tianci.corpus import Corpus, build  # noqa: E402
-from tianci.ladder import LadderOptions, bpe_data, run_ladder  # noqa: E402
+from tianci.measure.ladder import LadderOptions, bpe_data, run_ladder  # noqa: E402
 
 CHARS = "春花秋月何时了往事知多少小楼昨夜又东风故国不堪回首明中"
 RUNGS = ("counting", "bigram", "attention", "residual")

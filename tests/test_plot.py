@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("matplotlib")
 torch = pytest.importorskip("torch")
 
-from tianci import plot  # noqa: E402
+from tianci.measure import plot  # noqa: E402
 from tianci.config import GPTConfig, load_preset, to_dict  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"

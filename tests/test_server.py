@@ -1,4 +1,4 @@
-"""`tianci serve` (tianci.server): every route, error and limit in-process; the OpenAPI schema against
+"""`tianci serve` (tianci.serve.app): every route, error and limit in-process; the OpenAPI schema against
 the behaviour; the real `openai` client against a live uvicorn; queueing, 429 and disconnects."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ pytest.importorskip("uvicorn")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from server_fixtures import build_world, open_world_cipu, start_server, stop_server  # noqa: E402
-from tianci.server import create_app  # noqa: E402
-from tianci.server_limits import Busy, Limits, Scheduler  # noqa: E402
+from tianci.serve.app import create_app  # noqa: E402
+from tianci.serve.limits import Busy, Limits, Scheduler  # noqa: E402
 
 LIMITS = dict(max_tokens=64, max_n=3, max_choices=6, max_prompts=3, max_prompt_chars=200,
               max_stop=2, max_body_bytes=4096, max_waiting=8)

@@ -1,11 +1,11 @@
-"""Tones and 词林正韵 rhyme groups (tianci.tones)."""
+"""Tones and 词林正韵 rhyme groups (tianci.ci.tones)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tianci.errors import TianciError
-from tianci.tones import PING, ZE, ZHONG, Phonology, is_han
+from tianci.ci.tones import PING, ZE, ZHONG, Phonology, is_han
 
 CILIN = {"第一部": {"平声": ["东", "中", "风"], "仄声": ["动", "中"]},
          "第十七部": {"入声": ["国", "月"]}}

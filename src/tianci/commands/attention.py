@@ -18,7 +18,7 @@ def run(args) -> int:
 
     from ..checkpoint import load_run
     from ..errors import TianciError
-    from ..plot import attention_weights, plot_attention
+    from ..measure.plot import attention_weights, plot_attention
 
     run = load_run(args.run, which=args.which)
     ids = run.tokenizer.encode(args.text)

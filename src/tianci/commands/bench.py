@@ -39,7 +39,7 @@ def run(args) -> int:
 
     import torch
 
-    from ..bench import format_table, run_bench
+    from ..measure.bench import format_table, run_bench
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

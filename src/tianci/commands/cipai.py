@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..cipai import open_cipu, render, rhyme_group_count
+    from ..ci.cipai import open_cipu, render, rhyme_group_count
 
     if not args.list and not args.name:
         raise TianciError("give a 词牌 name (e.g. `tianci cipai 浣溪沙`) or --list")

@@ -31,8 +31,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..checkpoint import load_run
-    from ..cipai import open_cipu
-    from ..compose import compose
+    from ..ci.cipai import open_cipu
+    from ..ci.compose import compose
 
     if not 1 <= args.num_samples <= 64:
         raise TianciError(f"--num-samples {args.num_samples} is out of range 1..64")

@@ -24,8 +24,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..checkpoint import load_run
-    from ..cipai import data_dir_of_run, open_cipu
-    from ..compose_eval import HEADER, evaluate, format_table, write_json
+    from ..ci.cipai import data_dir_of_run, open_cipu
+    from ..ci.compose_eval import HEADER, evaluate, format_table, write_json
 
     if not 1 <= args.k <= 64:
         raise TianciError(f"--k {args.k} is out of range 1..64")

@@ -10,7 +10,7 @@ from ..errors import TianciError
 
 
 def add_arguments(p) -> None:
-    from ..ladder import RUNGS
+    from ..measure.ladder import RUNGS
 
     p.add_argument("--budget-seconds", type=float, default=None,
                    help="wall-clock training seconds per rung (default 60, or none with --token-budget)")
@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..ladder import LadderOptions, markdown, run_ladder
+    from ..measure.ladder import LadderOptions, markdown, run_ladder
 
     budget = args.budget_seconds
     if budget is None and not args.token_budget:

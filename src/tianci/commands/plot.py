@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..errors import TianciError
-    from ..plot import plot_runs
+    from ..measure.plot import plot_runs
 
     if args.labels and len(args.labels) != len(args.runs):
         raise TianciError(f"--labels: {len(args.labels)} labels for {len(args.runs)} runs")

@@ -1,4 +1,4 @@
-"""`tianci serve --run DIR`: the playground at / and an OpenAI-compatible API (see tianci.server)."""
+"""`tianci serve --run DIR`: the playground at / and an OpenAI-compatible API (see tianci.serve.app)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from ..server import create_app
+        from ..serve.app import create_app
     except ImportError as e:
         raise TianciError(f"`tianci serve` needs FastAPI and uvicorn ({e.name} is missing): "
                           "pip install 'tianci[serve]'") from None
@@ -45,7 +45,7 @@ def run(args) -> int:
     import torch
 
     from ..checkpoint import load_run
-    from ..server_limits import Limits
+    from ..serve.limits import Limits
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +55,7 @@ def run(args) -> int:
     r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
     cipu = None
     if not args.no_cipai:
-        from ..cipai import open_cipu
+        from ..ci.cipai import open_cipu
         try:
             cipu = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
         except TianciError as e:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .server_limits import Limits, error_body
+from .limits import Limits, error_body
 
 MAX_SEED = 2**63 - 1
 # strict: no "5" -> 5 or true -> 1 coercions; forbid: a misspelt parameter is an error, not a no-op
@@ -232,7 +232,7 @@ def describe_validation_error(errors: list[dict], schema: dict | None) -> tuple[
 
 
 def form_info(form) -> dict:
-    from .cipai import render, rhyme_group_count
+    from ..ci.cipai import render, rhyme_group_count
 
     return {"name": form.name, "title": form.title, "source": form.source, "variant": form.variant,
             "n_variants": form.n_variants, "n_chars": form.n_chars, "lines": list(form.lines),

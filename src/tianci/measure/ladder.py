@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Preset, load_preset, to_dict, validate
-from .errors import TianciError
+from ..config import Preset, load_preset, to_dict, validate
+from ..errors import TianciError
 
 LN2 = math.log(2)
 RUNGS = ("counting", "bigram", "position", "attention", "multihead", "feedforward", "blocks",
@@ -75,8 +75,8 @@ def _fingerprint(preset: Preset, data_dir: Path, opts: LadderOptions) -> dict:
 
 
 def _sample_gpt(run_dir: Path, opts: LadderOptions) -> str:
-    from .checkpoint import load_run
-    from .generate import SampleOptions, complete
+    from ..checkpoint import load_run
+    from ..generate import SampleOptions, complete
 
     run = load_run(run_dir, device="cpu", which="best")
     # 40 characters: a BPE token can hold several, so ask for enough tokens and cut by characters
@@ -86,7 +86,7 @@ def _sample_gpt(run_dir: Path, opts: LadderOptions) -> str:
 
 
 def _gpt_row(preset: Preset, run_dir: Path, result: dict) -> dict:
-    from .checkpoint import load_run
+    from ..checkpoint import load_run
     from .plot import read_metrics
 
     train, evals = read_metrics(run_dir)
@@ -108,7 +108,7 @@ def _gpt_row(preset: Preset, run_dir: Path, result: dict) -> dict:
 
 
 def _ngram_row(run_dir: Path, result: dict, meta: dict) -> dict:
-    from .ngram import NGram
+    from ..ngram import NGram
 
     model = NGram.load(run_dir / "ngram.json")
     return {
@@ -126,7 +126,7 @@ def _ngram_row(run_dir: Path, result: dict, meta: dict) -> dict:
 
 def run_rung(name: str, preset: Preset, data_dir: Path, opts: LadderOptions, label: str | None = None) -> dict:
     """Train one rung (or skip it if a finished result with the same settings exists)."""
-    from .train import read_meta, train
+    from ..train import read_meta, train
 
     label = label or name
     out = Path(opts.out)
@@ -141,7 +141,7 @@ def run_rung(name: str, preset: Preset, data_dir: Path, opts: LadderOptions, lab
     if preset.kind == "ngram":
         result = train(preset, data_dir, run_dir, force=True, quiet=True)
         row = _ngram_row(run_dir, result, meta)
-        from .ngram import sample_run
+        from ..ngram import sample_run
         sample = sample_run(run_dir, opts.prompt, opts.sample_chars, opts.temperature, seed=opts.seed)[0]
     else:
         resumable = (not opts.force and (run_dir / "latest.json").exists() and (run_dir / "config.json").exists()
@@ -178,8 +178,8 @@ def _same_config(run_dir: Path, preset: Preset) -> bool:
 
 def bpe_data(data_dir: Path, vocab_size: int, out: Path) -> Path:
     """A BPE-tokenized copy of data_dir with the same poems in train and val (same split and seed)."""
-    from .corpus import Corpus, build
-    from .train import read_meta
+    from ..corpus import Corpus, build
+    from ..train import read_meta
 
     meta = read_meta(data_dir)
     dest = Path(out) / f"data-bpe{vocab_size}"
@@ -262,7 +262,7 @@ def run_ladder(opts: LadderOptions) -> dict:
         raise TianciError(f"--token-budget={opts.token_budget} must be > 0")
     if not opts.rungs:
         raise TianciError("--rungs: give at least one rung")
-    from .train import read_meta
+    from ..train import read_meta
     read_meta(data_dir)  # a clear error before anything trains
     import torch
     threads_before = torch.get_num_threads()
@@ -277,7 +277,7 @@ def run_ladder(opts: LadderOptions) -> dict:
 
 
 def _run_ladder(opts: LadderOptions, data_dir: Path, out: Path) -> dict:
-    from .tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer
 
     try:  # fail before training, not after the first rung, when the prompt cannot be encoded
         load_tokenizer(data_dir / "tokenizer.json").encode(opts.prompt)

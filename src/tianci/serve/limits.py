@@ -34,7 +34,7 @@ class Limits:
     max_waiting: int = 64  # jobs queued behind the running ones before 429
 
     def validate(self) -> "Limits":
-        from .errors import TianciError
+        from ..errors import TianciError
 
         for name, lo in (("max_tokens", 1), ("max_prompt_chars", 1), ("max_prompts", 1), ("max_n", 1),
                          ("max_choices", 1), ("max_stop", 0), ("max_stop_chars", 1),

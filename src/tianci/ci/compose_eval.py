@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .cipai import CiPu, Form, allowed_marks
-from .cipai_corpus import CorpusStats
+from .corpus_stats import CorpusStats
 from .tones import PING, ZE, Phonology, is_han
 
 COPY_FLAG = 8

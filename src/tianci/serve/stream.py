@@ -12,10 +12,10 @@ import time
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from . import server_api as api
-from .errors import TianciError
-from .server_api import ApiError
-from .server_limits import Busy, Scheduler, error_body
+from . import api
+from ..errors import TianciError
+from .api import ApiError
+from .limits import Busy, Scheduler, error_body
 
 DISCONNECT_POLL_S = 0.25
 
@@ -23,7 +23,7 @@ DISCONNECT_POLL_S = 0.25
 # ----------------------------------------------------------------------------- jobs (worker thread)
 
 def completion_job(run, prompts: list[str], n: int, opts):
-    from .generate import stream
+    from ..generate import stream
 
     def work(emit, cancelled):
         for pi, prompt in enumerate(prompts):
@@ -36,7 +36,7 @@ def completion_job(run, prompts: list[str], n: int, opts):
 
 
 def compose_job(run, cp, form, req, seed: int):
-    from .compose import compose
+    from ..ci.compose import compose
 
     def work(emit, cancelled):
         phase = ["author" if req.author is None else "text"]

@@ -2,7 +2,7 @@
 
 matplotlib is an optional extra (pip install 'tianci[plot]'): it is imported inside the
 functions, with the headless Agg backend, so these work on a server with no display and
-`import tianci.plot` costs nothing. Attention maps label their axes with the characters
+`import tianci.measure.plot` costs nothing. Attention maps label their axes with the characters
 themselves, which needs a CJK font; we look for one on the machine and fall back to
 unicode escapes (with a warning) when there is none.
 """
@@ -15,7 +15,7 @@ import re
 import warnings
 from pathlib import Path
 
-from .errors import TianciError
+from ..errors import TianciError
 
 LN2 = math.log(2)
 # Families (as fontconfig/matplotlib name them) that cover Chinese, best first.
@@ -125,7 +125,7 @@ def plot_runs(run_dirs, out, labels=None, title: str | None = None) -> Path:
 
 
 def plot_ladder(rows: list[dict], out, title: str | None = None) -> Path:
-    """Bar chart of validation bits/char per rung (rows as written by tianci.ladder)."""
+    """Bar chart of validation bits/char per rung (rows as written by tianci.measure.ladder)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4.5))
     names = [r["rung"] for r in rows]
@@ -164,7 +164,7 @@ def attention_weights(model, idx, layer: int = 0):
     import torch
     from torch.nn import functional as F
 
-    from .model import FusedAttention, _causal_mask, _qk_prepare
+    from ..model import FusedAttention, _causal_mask, _qk_prepare
 
     cfg = model.config
     if not 0 <= layer < len(model.h):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cipai import CiPu, Form, allowed_marks
-from .errors import TianciError
+from ..errors import TianciError
 from .tones import PING, ZE, ZHONG, Phonology, bu_name, is_han, load_phonology
 
 AUTHOR_MAX = 4  # characters the model may write as the author's name
@@ -319,7 +319,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                   on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
                   variant: int | None = None) -> list[ComposeResult]:
     """`n` poems to one form, decoded together as one batch. See `compose`."""
-    from .generate import generate
+    from ..generate import generate
 
     t0 = time.perf_counter()
     if n < 1:

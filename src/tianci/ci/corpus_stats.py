@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TianciError
+from ..errors import TianciError
 from .tones import PING, ZE, ZHONG, Phonology, is_han
 
 PAUSE, STOP = "，、", "。"
@@ -115,7 +115,7 @@ def load_corpus(data: str | os.PathLike | None = None) -> CorpusStats | None:
             except (ValueError, KeyError, TypeError) as e:
                 raise TianciError(f"{f}: line {n} is not a poem record ({e})") from None
     elif (Path(data) / "宋词").is_dir():
-        from .corpus import load_poems  # only here: reading chinese-poetry is the corpus module's job
+        from ..corpus import load_poems  # only here: reading chinese-poetry is the corpus module's job
 
         poems = [CorpusPoem(p.rhythmic, p.author, p.paragraphs) for p in load_poems(data)]
     else:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .config import Preset
-from .generate import generate
-from .model import GPT
-from .optim import build_optimizers, lr_multiplier, set_lr
-from .train import Batches, batch_seed, pick_device, pick_dtype, tune_malloc
+from ..config import Preset
+from ..generate import generate
+from ..model import GPT
+from ..optim import build_optimizers, lr_multiplier, set_lr
+from ..train import Batches, batch_seed, pick_device, pick_dtype, tune_malloc
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, budget_s: float = 20.0) -> dict:
@@ -148,8 +148,8 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
     """Decode tokens/s with and without the KV cache, fp32 and int8 weights, plus prefill.
     Random weights unless state_dict is given (speed does not depend on them).
     A run that exceeds max_s stops early and reports the tokens it produced."""
-    from .decode import compiled_step
-    from .quant import apply_quantization
+    from ..decode import compiled_step
+    from ..quant import apply_quantization
 
     torch.manual_seed(seed)
     models = {}
@@ -204,9 +204,9 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
 def quant_quality(run_dir, device, tokens: int = 32768, seed: int = 0, batch_size: int = 16) -> dict:
     """What int8 weights cost a trained run: val loss (nats/token) and greedy next-token agreement
     of the fp32 and int8 models on the same windows of the run's val.bin."""
-    from .checkpoint import load_run
-    from .errors import TianciError
-    from .quant import quantize_int8
+    from ..checkpoint import load_run
+    from ..errors import TianciError
+    from ..quant import quantize_int8
 
     run = load_run(run_dir, device=str(device))
     data = run.meta.get("data", {})

@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from .cipai_corpus import PAUSE, STOP, CorpusStats, infer_form_marks
-from .errors import TianciError
+from .corpus_stats import PAUSE, STOP, CorpusStats, infer_form_marks
+from ..errors import TianciError
 from .tones import ZHONG, Phonology, is_han, read_json
 
 UPSTREAM = "https://raw.githubusercontent.com/hulbji/couyun/HEAD/ci_pu"
@@ -317,7 +317,7 @@ class CiPu:
             raise TianciError(f"词牌 {ent.names[0]}: no 词谱 pattern and no well-formed poem in the corpus")
         sk = max(sk_counts, key=lambda s: (sk_counts[s], -len(s)))
         texts = [self.corpus.poems[i].paragraphs for t in ent.titles for i in self.corpus.by_title[t]]
-        from .cipai_corpus import skeleton
+        from .corpus_stats import skeleton
 
         texts = [p for p in texts if skeleton(p) == sk]
         tones, rhyme = infer_form_marks(sk, texts, self.phon)
@@ -418,7 +418,7 @@ def open_cipu(source=None, data=None, rhyme_source=None, run_dir=None) -> CiPu:
     directory; default: the run's data directory, else ./data/ci when it was prepared there."""
     from pathlib import Path
 
-    from .cipai_corpus import load_corpus
+    from .corpus_stats import load_corpus
     from .tones import load_phonology
 
     if data is None and run_dir is not None:

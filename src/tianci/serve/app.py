@@ -6,8 +6,8 @@
 Routes: GET / (playground), GET /v1/models, POST /v1/completions (OpenAI completions, streaming as
 server-sent events), GET /api/cipai, GET /api/cipai/{name}, POST /api/compose (streamed), GET
 /healthz. Every error has the OpenAI shape {"error": {"message", "type", "param", "code"}}.
-Sampling is the shared `tianci.generate.stream`, 填词 the shared `tianci.compose.compose`; both run in
-worker threads through the fair queue of `server_limits.Scheduler`. No route reads or writes a
+Sampling is the shared `tianci.generate.stream`, 填词 the shared `tianci.ci.compose.compose`; both run in
+worker threads through the fair queue of `serve.limits.Scheduler`. No route reads or writes a
 file the client names: the page's three files are read once at start-up from the package.
 """
 
@@ -22,11 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import server_api as api
-from .errors import TianciError
-from .server_api import ApiError
-from .server_limits import BodyLimit, Limits, Scheduler, error_body
-from .server_stream import (collect, completion_chunks, completion_job, compose_events, compose_job,
+from . import api
+from ..errors import TianciError
+from .api import ApiError
+from .limits import BodyLimit, Limits, Scheduler, error_body
+from .stream import (collect, completion_chunks, completion_job, compose_events, compose_job,
                             result_json, sse_response)
 
 STATIC = {"index.html": "text/html; charset=utf-8", "style.css": "text/css; charset=utf-8",
@@ -49,7 +49,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
     """run: a run directory or a loaded `checkpoint.Run`. cipu: a ready `cipai.CiPu`; None opens the
     run's (词谱 + phonology + the run's corpus) unless load_cipu is False -- then the 词牌 routes
     answer 503 and the rest still works."""
-    from .checkpoint import Run, load_run
+    from ..checkpoint import Run, load_run
 
     if not isinstance(run, Run):
         run = load_run(run)
@@ -57,7 +57,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
     model_id = model_name or Path(run.run_dir).name or "tianci"
     cipu_error = None if cipu is not None else "this server was started without 词牌 data"
     if cipu is None and load_cipu:
-        from .cipai import open_cipu
+        from ..ci.cipai import open_cipu
         try:
             cipu = open_cipu(run_dir=run.run_dir)
         except TianciError as e:
@@ -66,7 +66,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
     CompletionRequest, ComposeRequest = api.request_models(lim)
     schemas = {"/v1/completions": CompletionRequest.model_json_schema(),
                "/api/compose": ComposeRequest.model_json_schema()}
-    static = {name: (resources.files("tianci") / "static" / name).read_bytes() for name in STATIC}
+    static = {name: (resources.files("tianci.serve") / "static" / name).read_bytes() for name in STATIC}
     created = int(time.time())
 
     app = FastAPI(title="tianci", version=_version(),
@@ -111,7 +111,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
         return app.state.cipu
 
     async def get_form(name: str, variant: int | None):
-        from .cipai import UnknownCipaiError
+        from ..ci.cipai import UnknownCipaiError
         cp = need_cipu()
         try:
             return await run_in_threadpool(cp.form, name, variant)
@@ -149,7 +149,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
     @app.post("/v1/completions", response_model=api.Completion,
               responses={200: {"content": SSE}, 404: _err(404, "unknown model"), **ERRORS})
     async def completions(req: CompletionRequest, request: Request):
-        from .generate import SampleOptions, encode_prompt
+        from ..generate import SampleOptions, encode_prompt
 
         if req.model is not None:
             _check_model(req.model, model_id)
@@ -287,5 +287,5 @@ def _openapi(app: FastAPI) -> dict:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__

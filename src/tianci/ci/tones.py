@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import TianciError
+from ..errors import TianciError
 
 UPSTREAM = "https://raw.githubusercontent.com/charlesix59/chinese_word_rhyme/HEAD/data"
 BU_NAMES = ["第一部", "第二部", "第三部", "第四部", "第五部", "第六部", "第七部", "第八部", "第九部",
