@@ -50,7 +50,7 @@ def test_variant_follows_corpus(mini_cipu):
     poems = [CorpusPoem("浣溪沙", "某", ["红蓼渡头秋正雨，印沙鸥迹自成行。"]) for _ in range(3)]
     f = CiPu.load(mini_cipu, CorpusStats.from_poems(poems)).form("浣溪沙")
     assert f.variant == 1 and f.lines == ("*******，*******。",) and f.corpus_count == 3
-    with pytest.raises(TianciError, match="--variant 5 is out of range"):
+    with pytest.raises(TianciError, match=r"variant=5 is not allowed: expected 0..1"):
         CiPu.load(mini_cipu).form("浣溪沙", 5)
 
 

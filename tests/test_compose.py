@@ -8,8 +8,8 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tianci.ci.cipai import CiPu, Form
-from tianci.ci.compose import compose, compose_batch, form_masks
+from tianci.ci.cipai import CellKind, CiPu, Form
+from tianci.ci.compose import Composer, compose, compose_batch
 from tianci.ci.compose_eval import check_poem, longest_copy
 from tianci.errors import TianciError
 from tianci.tokenizer import CharTokenizer
@@ -85,11 +85,11 @@ def test_start_and_acrostic():
     assert r.text.startswith("春水") and r.lines[1][0] == "东"
     with pytest.raises(TianciError, match=r"'春'.*line 1 character 2.*仄"):
         compose(m, tok, FORM, phon=PHON, start="山春")
-    with pytest.raises(TianciError, match="has 4 characters but 测试 has 2 lines \\(3 clauses\\)"):
+    with pytest.raises(TianciError, match="has 4 characters but the form has 2 lines \\(3 clauses\\)"):
         compose(m, tok, FORM, phon=PHON, acrostic="春夏秋冬")
     with pytest.raises(TianciError, match="not in the model's vocabulary"):
         compose(m, tok, FORM, phon=PHON, acrostic="春夏")
-    with pytest.raises(TianciError, match="conflicts with --start"):
+    with pytest.raises(TianciError, match="conflicts with start"):
         compose(m, tok, FORM, phon=PHON, start="春", acrostic="秋东")
     with pytest.raises(TianciError, match="cannot rhyme at line 1 character 8"):  # 春 has no 部
         compose(m, tok, FORM, phon=PHON, start="东动东东东动东春")
@@ -159,16 +159,16 @@ def test_masks_never_admit_illegal_tokens(form, chars, seed):
     """Guards: a mask admitting a token that breaks the slot (wrong tone, non-Han, wrong mark) and
     compose losing the exact form on random patterns, vocabularies and models."""
     tok = tok_of(chars)
-    fm = form_masks(tok, form, PHON)
-    for j, (kind, v) in enumerate(fm.cells):
+    fm = Composer(tok, PHON).masks(form)
+    for j, cell in enumerate(fm.cells):
         for i in fm.strict[j].nonzero().flatten().tolist():
             t = tok.token_text(i)
-            if kind == "c":
-                assert is_han(t) and PHON.fits(t, form.tones[v])
-                if form.rhyme[v] >= 0:
-                    assert PHON.groups(t, form.tones[v])
+            if cell.is_char:
+                assert is_han(t) and PHON.fits(t, form.tones[cell.slot])
+                if form.rhyme[cell.slot] >= 0:
+                    assert PHON.groups(t, form.tones[cell.slot])
             else:
-                assert t in ("，、" if kind == "p" and v != "。" else v)
+                assert t in ("\n" if cell.kind is CellKind.NEWLINE else "，、" if cell.mark != "。" else "。")
     rs = compose_batch(TinyLM(tok.vocab_size, seed % 7), tok, form, 2, phon=PHON, seed=seed, author="某")
     for r in rs:
         c = check_poem(r.text, form, PHON)
@@ -203,9 +203,9 @@ def test_real_pattern_with_gpt(cipu_dir, rhyme_dir):
 
 
 def test_die_marks_parse_and_repeat():
-    """Guards 叠 (repeat) marks of the 词谱 being ignored: the character before a 叠 must repeat the
-    rhyme character before it (如梦令's 如梦。如梦。); misaligned marks are dropped, not guessed."""
-    from tianci.ci.cipai import _repeats
+    """Guards 叠 (repeat) marks of the 词谱 being ignored: a slot marked 叠 must repeat the rhyme
+    character before it (解佩令's 春晴也好。春阴也好。); misaligned marks are dropped, not guessed."""
+    from tianci.ci.form import _repeats
 
     rhyme = [-1, 0, -1, 0]
     assert _repeats(["中仄韵", "中仄叠"], rhyme) == (-1, -1, -1, 1)
@@ -220,3 +220,113 @@ def test_die_marks_parse_and_repeat():
         a, b = r.text.split("\n")[:2]
         assert a[1] == b[1], r.text
         assert check_poem(r.text, form, PHON).form_ok
+
+
+def test_die_repeats_the_whole_phrase_when_the_example_does():
+    """Guards 如梦令's 如梦。如梦。 coming out as 不与。一与。: when the 词谱's example repeats the whole
+    clause a 叠 ends, every character of it repeats (a 中 slot takes its partner's tone, so the
+    repeated character fits both); when the example varies the clause, only the rhyme repeats."""
+    from tianci.ci.form import parse_variant
+
+    v = {"ge_lyu_str": "中仄中仄平仄", "ge_lyu_sep": ["中仄韵", "中仄叠", "平仄韵"], "rhyme_pos": [1, 3, 5],
+         "yun_classify": {"0": [1, 3, 5]}, "ci_sep": ["如梦", "如梦", "残月"], "origin": "如梦。如梦。残月。"}
+    full = parse_variant(v, "test")
+    assert full.repeat == (-1, -1, 0, 1, -1, -1)
+    part = parse_variant(dict(v, origin="春晴。春阴。残月。"), "test")
+    assert part.repeat == (-1, -1, -1, 1, -1, -1)
+    clash = parse_variant(dict(v, ge_lyu_str="平仄仄仄平仄"), "test")  # 平 vs 仄: the phrase cannot repeat
+    assert clash.repeat == (-1, -1, -1, 1, -1, -1)
+    form = Form("如梦测", "如梦测", "词谱", 0, 1, full.lines, full.tones, full.rhyme, repeat=full.repeat)
+    tok = tok_of(ALL_HAN)
+    for seed in range(6):
+        r = compose(TinyLM(tok.vocab_size, seed), tok, form, phon=PHON, seed=seed, temperature=2.0, author="某")
+        assert r.lines[0] == r.lines[1], r.text
+        c = check_poem(r.text, form, PHON)
+        assert c.form_ok and c.tone_hits == c.tone_total and c.rhyme_hits == c.rhyme_total, r.text
+
+
+# a 词谱 with one tune whose two variants open differently: variant 0 (the default: the first) wants
+# 仄 at character 1, variant 1 wants 平 there and 仄 at character 2
+V0 = {"ge_lyu_str": "仄平平仄平平仄平", "rhyme_pos": [7], "yun_classify": {"0": [7]}, "ci_sep": ["一二三四　五六七八"],
+      "origin": "一二三四，五六七八。"}
+V1 = dict(V0, ge_lyu_str="平仄中中中中中平")
+
+
+@pytest.fixture
+def two_variant_cipu(tmp_path):
+    from test_cipai import write_cipu
+
+    return CiPu.load(write_cipu(tmp_path, [(["测调"], ["cd"], "cediao", [V0, V1])]), phon=PHON)
+
+
+def test_start_picks_a_variant_that_admits_it(two_variant_cipu):
+    """Guards `compose --cipai 水调歌头 --start 明月` failing because the default variant has 仄 where
+    苏轼 wrote 明: with no variant asked for, the first variant that admits the start is used and
+    the result says which and why."""
+    tok = tok_of(ALL_HAN)
+    m = TinyLM(tok.vocab_size)
+    r = compose(m, tok, "测调", cipu=two_variant_cipu, phon=PHON, seed=0, start="东", author="某")
+    assert r.form.variant == 1 and r.text.startswith("东")
+    assert "variant 1" in r.note and "variant 0" in r.note and "must be 仄" in r.note
+    plain = compose(m, tok, "测调", cipu=two_variant_cipu, phon=PHON, seed=0, start="动", author="某")
+    assert plain.form.variant == 0 and plain.note == ""
+    acro = compose(m, tok, "测调", cipu=two_variant_cipu, phon=PHON, seed=0, acrostic="东", author="某")
+    assert acro.form.variant == 1 and acro.text.startswith("东")
+
+
+def test_start_no_variant_admits_names_each(two_variant_cipu):
+    """Guards an opening no variant admits failing with only the default's complaint: the error
+    names every variant and the slot that refuses, carries param 'start', and an explicit variant
+    that refuses names the variants that would admit it."""
+    from tianci.ci.fixed import FixedCharsError
+
+    tok = tok_of(ALL_HAN)
+    m = TinyLM(tok.vocab_size)
+    with pytest.raises(FixedCharsError) as e:
+        compose(m, tok, "测调", cipu=two_variant_cipu, phon=PHON, start="东东")
+    msg = str(e.value)
+    assert e.value.param == "start" and e.value.status == 400
+    assert "variant 0: '东' (平) at line 1 character 1, which must be 仄" in msg
+    assert "variant 1: '东' (平) at line 1 character 2, which must be 仄" in msg
+    with pytest.raises(FixedCharsError) as e:
+        compose(m, tok, "测调", cipu=two_variant_cipu, phon=PHON, start="东", variant=0)
+    assert e.value.param == "start" and "variant(s) 1 admit it" in str(e.value)
+    assert "--variant" in e.value.hints["cli"] and "--" not in str(e.value)
+    with pytest.raises(FixedCharsError) as e:
+        compose(m, tok, "测调", cipu=two_variant_cipu, phon=PHON, acrostic="东东东")
+    assert e.value.param == "acrostic" and e.value.allowed == "1 or 2 characters"
+
+
+def test_errors_are_typed_and_free_of_flag_syntax(two_variant_cipu):
+    """Guards library errors phrased for the CLI (`--variant`, `--start`) that the server had to
+    un-phrase and regex-parse: each names its parameter in `param`, its range in `allowed`, and the
+    message has no flag syntax."""
+    from tianci.ci.cipai import UnknownCipaiError
+    from tianci.errors import NotFoundError, ParameterError
+
+    tok = tok_of(ALL_HAN)
+    m = TinyLM(tok.vocab_size)
+    cases = {"variant": dict(variant=5), "start": dict(start="东东东东东东东东东"), "acrostic": dict(acrostic="秋秋秋"),
+             "cipai": dict(cipai="测掉")}
+    for param, kw in cases.items():
+        with pytest.raises(TianciError) as e:
+            compose(m, tok, kw.pop("cipai", "测调"), cipu=two_variant_cipu, phon=PHON, **kw)
+        assert e.value.param == param and e.value.allowed and "--" not in str(e.value), (param, str(e.value))
+    with pytest.raises(ParameterError) as e:
+        two_variant_cipu.form("测调", 5)
+    assert e.value.allowed == "0..1" and "--variant" in e.value.render("cli") and "variant" in e.value.hints["api"]
+    with pytest.raises(UnknownCipaiError) as e:
+        two_variant_cipu.form("测掉")
+    assert isinstance(e.value, NotFoundError) and e.value.status == 404 and e.value.suggestions == ["测调"]
+
+
+def test_composer_reuses_its_tables():
+    """Guards the vocabulary tables and masks being rebuilt per call (or cached in a module dict
+    keyed by id(), which a new object at a freed address could hit): the caller's Composer owns them."""
+    tok = tok_of(ALL_HAN)
+    c = Composer(tok, PHON)
+    assert c.masks(FORM) is c.masks(FORM)
+    other = Composer(tok, PHON)
+    assert other.masks(FORM) is not c.masks(FORM)
+    r = compose(TinyLM(tok.vocab_size), tok, FORM, seed=0, author="某", composer=c)
+    assert check_poem(r.text, FORM, PHON).form_ok and len(c._masks) == 1

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except TianciError as e:
-        print(f"tianci {args.command}: error: {e}", file=sys.stderr)
+        print(f"tianci {args.command}: error: {e.render('cli')}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `tianci cipai --list | head`: the reader left; not an error
         import os

@@ -1,15 +1,7 @@
 """词牌 patterns: the 817 tunes (2294 variants) of the 词谱 in hulbji/couyun (MIT), plus corpus skeletons.
 
-A `Form` is what the decoder fills: one skeleton string per paragraph ('*' a character slot, then the
-punctuation), the tone of each character slot (平/仄/中) and its rhyme group (-1 = no rhyme).
-Paragraphs follow the corpus convention (one sentence ending in 。 per paragraph = one `ci_sep`
-line of the 词谱); the 词谱 example (`origin`) gives the exact marks: 。 at a paragraph's end, ， for
-a pause (句) and 、 for a 读 (a short break after a leading word) inside it. At a pause slot either
-，or 、 counts as right (editors use both), at a paragraph end only 。.
-
-Rhyme groups come from `yun_classify` ({key: [positions]}): each key is one rhyme, a new key is a
-rhyme change (换韵, e.g. 菩萨蛮's four); a negative position is a 叶 (same 部, other tone) and keeps
-its group. Groups are numbered 0.. in order of first appearance.
+Here: the 词谱 index and its lazy per-tune variant files, name resolution (aliases, variant characters,
+pinyin, suggestions) and the choice of variant; the shape of a form itself is in `tianci.ci.form`.
 
 Sources: a local ci_pu directory (env TIANCI_CIPU_SOURCE) or the upstream raw URLs."""
 
@@ -21,9 +13,12 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from .corpus_stats import PAUSE, STOP, CorpusStats, infer_form_marks
-from ..errors import TianciError
-from .tones import ZHONG, Phonology, is_han, read_json
+from .corpus_stats import CorpusStats, infer_form_marks
+from ..errors import DataError, NotFoundError, ParameterError, TianciError
+# the form's shape lives in .form; re-exported here, where callers have always found it
+from .form import (Cell, CellKind, Form, Variant, allowed_marks, parse_variant, render,  # noqa: F401
+                   rhyme_group_count)
+from .tones import Phonology, is_han, read_json
 
 UPSTREAM = "https://raw.githubusercontent.com/hulbji/couyun/HEAD/ci_pu"
 ENV = "TIANCI_CIPU_SOURCE"
@@ -37,22 +32,20 @@ VARIANT_CHARS = str.maketrans("翦么球锁灯擒", "剪幺毬琐镫檎")
 ALIASES = {"思佳客": "鹧鸪天", "摸鱼子": "摸鱼儿", "卖花声": "浪淘沙令"}
 
 
-class UnknownCipaiError(TianciError):
+class UnknownCipaiError(NotFoundError):
     """A 词牌 neither the 词谱 nor the corpus knows; `.suggestions` holds the closest names."""
 
     def __init__(self, name: str, suggestions: list[str]):
         self.name, self.suggestions = name, suggestions
         hint = f"; did you mean {' / '.join(suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown 词牌 {name!r}{hint} (`tianci cipai --list` lists them)")
+        super().__init__(f"unknown 词牌 {name!r}{hint}", param="cipai", allowed="a known 词牌 name, alias or pinyin",
+                         hints={"cli": "`tianci cipai --list` lists them", "api": "GET /api/cipai lists them"})
 
 
-@dataclass(frozen=True)
-class Variant:
-    tones: str  # ge_lyu_str
-    rhyme: tuple[int, ...]  # per character: rhyme group or -1
-    lines: tuple[str, ...]  # skeleton per paragraph
-    example: str  # origin
-    repeat: tuple[int, ...] = ()  # per character: the earlier character a 叠 repeats, or -1
+def variant_hints(name: str) -> dict[str, str]:
+    """Where each front end shows a 词牌's variants (for errors about `variant`)."""
+    return {"cli": f"`tianci cipai {name} --variant N` shows variant N; pick one with --variant N",
+            "api": f"GET /api/cipai/{name}?variant=N shows variant N; pick one with \"variant\": N"}
 
 
 @dataclass
@@ -61,122 +54,6 @@ class Entry:
     names: list[str]  # first = canonical
     pinyins: list[str]
     titles: list[str]  # corpus titles that map here
-
-
-@dataclass(frozen=True)
-class Form:
-    name: str
-    title: str  # what the prompt's title line says (the corpus spelling)
-    source: str  # "词谱" or "corpus"
-    variant: int | None  # 词谱 variant index, None for a corpus-derived form
-    n_variants: int
-    lines: tuple[str, ...]
-    tones: str
-    rhyme: tuple[int, ...]
-    example: str = ""
-    corpus_count: int = 0
-    repeat: tuple[int, ...] = ()  # per character: slot of the earlier character a 叠 repeats, or -1
-
-    def __post_init__(self):
-        n = sum(line.count("*") for line in self.lines)
-        assert n == len(self.tones) == len(self.rhyme), (self.name, n, len(self.tones), len(self.rhyme))
-        assert not self.repeat or len(self.repeat) == n, (self.name, n, len(self.repeat))
-
-    def repeat_of(self, slot: int) -> int:
-        """The earlier slot whose character slot must repeat (a 叠 in the 词谱), or -1."""
-        return self.repeat[slot] if self.repeat else -1
-
-    @property
-    def n_chars(self) -> int:
-        return len(self.tones)
-
-    def cells(self) -> list[tuple[str, int | str]]:
-        """The decoding plan: ('c', char slot index) | ('p', mark) | ('n', '\\n') per token."""
-        out, k = [], 0
-        for line in self.lines:
-            for ch in line:
-                if ch == "*":
-                    out.append(("c", k))
-                    k += 1
-                else:
-                    out.append(("p", ch))
-            out.append(("n", "\n"))
-        return out
-
-    def line_starts(self, clauses: bool = False) -> list[int]:
-        """Char slot index of the first character of each paragraph (or of each clause)."""
-        starts, k = [], 0
-        for line in self.lines:
-            for i, ch in enumerate(line):
-                if ch == "*":
-                    if i == 0 or (clauses and line[i - 1] != "*"):
-                        starts.append(k)
-                    k += 1
-        return starts
-
-
-def allowed_marks(mark: str) -> str:
-    """Punctuation a slot of this mark accepts."""
-    return STOP if mark in STOP else PAUSE
-
-
-def _variant(v: dict, where: str) -> Variant:
-    tones = v["ge_lyu_str"]
-    if set(tones) - {"平", "仄", "中"}:
-        raise TianciError(f"{where}: ge_lyu_str has marks other than 平/仄/中")
-    rhyme = [-1] * len(tones)
-    for g, (_, pos) in enumerate(sorted(v.get("yun_classify", {}).items(),
-                                        key=lambda kv: min(abs(p) for p in kv[1]) if kv[1] else 0)):
-        for p in pos:
-            if abs(p) < len(tones):
-                rhyme[abs(p)] = g
-    for p in v.get("rhyme_pos", []):  # positions listed only in rhyme_pos join the first group
-        if 0 <= p < len(tones) and rhyme[p] < 0:
-            rhyme[p] = 0
-    origin = v.get("origin", "")
-    lines = _skeleton_from_origin(origin, len(tones))
-    if lines is None:  # fall back to ci_sep, where a full-width space marks a pause
-        lines = tuple(re.sub(r"[^　]", "*", s).replace("　", "，") + "。" for s in v["ci_sep"])
-        if sum(s.count("*") for s in lines) != len(tones):
-            raise TianciError(f"{where}: ci_sep and ge_lyu_str disagree on the number of characters")
-    return Variant(tones, tuple(rhyme), lines, origin, _repeats(v.get("ge_lyu_sep") or [], rhyme))
-
-
-def _repeats(sep: list[str], rhyme: list[int]) -> tuple[int, ...]:
-    """叠 marks in ge_lyu_sep: the character before a 叠 repeats the rhyme character before it
-    (如梦令's 如梦。如梦。, 钗头凤's 错、错、错). Marks that do not line up with ge_lyu_str are ignored."""
-    n, marked = 0, []
-    for ch in "".join(sep):
-        if ch in "平仄中":
-            n += 1
-        elif ch == "叠" and n > 0:
-            marked.append(n - 1)
-    if not marked or n != len(rhyme):
-        return ()
-    out = [-1] * n
-    for p in marked:
-        earlier = [q for q in range(p) if rhyme[q] >= 0 or q in marked]
-        if earlier:
-            out[p] = earlier[-1]
-    return tuple(out) if any(r >= 0 for r in out) else ()
-
-
-def _skeleton_from_origin(origin: str, n: int) -> tuple[str, ...] | None:
-    out, cur = [], []
-    for ch in origin:
-        if ch in "。？！":
-            cur.append("。")
-            out.append("".join(cur))
-            cur = []
-        elif ch in "，、；：":
-            if not cur or cur[-1] != "*":
-                return None
-            cur.append("、" if ch == "、" else "，")
-        elif not ch.isspace():
-            cur.append("*")  # a Han character or a placeholder like □
-    if cur or sum(s.count("*") for s in out) != n or any(s.startswith(("，", "、", "。")) for s in out):
-        return None
-    return tuple(out)
 
 
 class CiPu:
@@ -235,7 +112,7 @@ class CiPu:
             vs = []
             for i, v in enumerate(data):
                 try:
-                    vs.append(_variant(v, f"{self.source}/ci_list/cipai_{ent.idx}.json variant {i}"))
+                    vs.append(parse_variant(v, f"{self.source}/ci_list/cipai_{ent.idx}.json variant {i}"))
                 except (TianciError, KeyError, TypeError):
                     vs.append(None)  # one inconsistent variant (瑞鹤仙 #14) must not hide the others
             self._variants[ent.idx] = vs
@@ -295,14 +172,35 @@ class CiPu:
             self._forms[key] = self._form(ent, variant)
         return self._forms[key]
 
+    def forms(self, name: str) -> list[Form]:
+        """Every usable form of a 词牌: the default (`form(name)`) first, then the other 词谱 variants
+        of the same pattern entry, those the corpus writes most first (poems with exactly the
+        variant's skeleton, then with its paragraph lengths), else in the 词谱's order; each under the
+        default's title."""
+        default = self.form(name)
+        if default.source != "词谱":
+            return [default]
+        ent = self.by_name[default.name]
+        sk_counts = self.corpus.skeletons(self.resolve(name).titles) if self.corpus is not None else {}
+        strip = lambda lines: tuple(s.count("*") for s in lines)  # noqa: E731
+        lengths: dict[tuple[int, ...], int] = {}
+        for sk, c in sk_counts.items():
+            lengths[strip(sk)] = lengths.get(strip(sk), 0) + c
+        others = [(i, v) for i, v in enumerate(self.variants(ent)) if v is not None and i != default.variant]
+        others.sort(key=lambda iv: (-sk_counts.get(iv[1].lines, 0), -lengths.get(strip(iv[1].lines), 0), iv[0]))
+        return [default] + [Form(ent.names[0], default.title, "词谱", i, default.n_variants, v.lines, v.tones,
+                                 v.rhyme, v.example, default.corpus_count, v.repeat) for i, v in others]
+
     def _form(self, ent: Entry, variant: int | None) -> Form:
         vs = self.variants(ent)
         sk_counts = self.corpus.skeletons(ent.titles) if self.corpus is not None else {}
         title = max(ent.titles, key=lambda t: len(self.corpus.by_title[t])) if ent.titles else ent.names[0]
         if variant is not None and not 0 <= variant < len(vs):
-            raise TianciError(f"--variant {variant} is out of range: 词牌 {ent.names[0]} has "
-                              f"{len(vs)} 词谱 variant(s) (0..{len(vs) - 1})" if vs else
-                              f"--variant: 词牌 {ent.names[0]} is not in the 词谱 (its form comes from the corpus)")
+            if not vs:
+                raise ParameterError("variant", variant, "none", f"词牌 {ent.names[0]} is not in the 词谱: "
+                                     "its form comes from the corpus")
+            raise ParameterError("variant", variant, f"0..{len(vs) - 1}", f"词牌 {ent.names[0]} has "
+                                 f"{len(vs)} 词谱 variant(s)", hints=variant_hints(ent.names[0]))
         count = self.count(ent)
         if vs and variant is None and (sib := self._sibling(ent, vs, sk_counts)) is not None:
             ent, vs = sib, self.variants(sib)  # e.g. 浪淘沙 poems are written in 浪淘沙令's form
@@ -310,11 +208,14 @@ class CiPu:
             i = variant if variant is not None else self._choose(vs, sk_counts)
             v = vs[i]
             if v is None:
-                raise TianciError(f"词牌 {ent.names[0]}: 词谱 variant {i} is inconsistent; pick another --variant")
+                good = [j for j, w in enumerate(vs) if w is not None]
+                raise ParameterError("variant", i, ", ".join(map(str, good)), f"词牌 {ent.names[0]}'s 词谱 "
+                                     f"variant {i} is inconsistent", hints=variant_hints(ent.names[0]))
             return Form(ent.names[0], title, "词谱", i, len(vs), v.lines, v.tones, v.rhyme, v.example, count,
                         v.repeat)
         if not sk_counts:
-            raise TianciError(f"词牌 {ent.names[0]}: no 词谱 pattern and no well-formed poem in the corpus")
+            raise TianciError(f"词牌 {ent.names[0]}: no 词谱 pattern and no well-formed poem in the corpus",
+                              param="cipai", allowed="a 词牌 with a 词谱 pattern or corpus poems")
         sk = max(sk_counts, key=lambda s: (sk_counts[s], -len(s)))
         texts = [self.corpus.poems[i].paragraphs for t in ent.titles for i in self.corpus.by_title[t]]
         from .corpus_stats import skeleton
@@ -350,7 +251,7 @@ class CiPu:
         else its length; else the first (the 词谱's 正体)."""
         first = next((i for i, v in enumerate(vs) if v is not None), None)
         if first is None:
-            raise TianciError("every 词谱 variant of this 词牌 is inconsistent (ge_lyu_str vs ci_sep)")
+            raise DataError("every 词谱 variant of this 词牌 is inconsistent (ge_lyu_str vs ci_sep)")
         if not sk_counts:
             return first
         strip = lambda lines: tuple(s.count("*") for s in lines)  # noqa: E731
@@ -366,39 +267,6 @@ class CiPu:
         rows = [(e.names[0], e.names[1:], "词谱" if e.idx is not None else "corpus", self.count(e))
                 for e in self.entries]
         return sorted(rows, key=lambda r: (-r[3], r[0]))
-
-
-def render(form: Form) -> str:
-    """○ 平, ● 仄, ◐ 中; a rhyme slot is followed by its group letter (A, B … for rhyme changes),
-    and a 叠 slot (it repeats the rhyme character before it) by 叠."""
-    sym = {"平": "○", "仄": "●", ZHONG: "◐"}
-    out = []
-    for line, cells in _by_line(form):
-        s = ""
-        for kind, v in cells:
-            if kind == "c":
-                s += sym[form.tones[v]] + (chr(ord("A") + form.rhyme[v]) if form.rhyme[v] >= 0 else "")
-                s += "叠" if form.repeat_of(v) >= 0 else ""
-            else:
-                s += v
-        out.append(s)
-    return "\n".join(out)
-
-
-def _by_line(form: Form):
-    cells = form.cells()
-    line: list = []
-    for c in cells:
-        if c[0] == "n":
-            yield len(line), line
-            line = []
-        else:
-            line.append(c)
-
-
-def rhyme_group_count(form: Form) -> int:
-    return max(form.rhyme, default=-1) + 1
-
 
 
 def data_dir_of_run(run_dir) -> str | None:

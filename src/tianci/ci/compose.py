@@ -16,7 +16,8 @@ Because generate() is lazy, the consumer sees token t (and updates the rhyme sta
 is called for step t+1. Polyphonic rhymes keep every 部 they could belong to; the set narrows as
 more rhymes are written. When the constraints leave nothing (tiny vocabularies), the decoder backs
 off in order — allow a repeated rhyme, relax the tone, relax the rhyme, any Han character — and
-reports each backoff; it never hangs. Masks are boolean tensors built once per (tokenizer, form).
+reports each backoff; it never hangs. Masks are boolean tensors built once per (tokenizer, form) and
+held by a `Composer`, which the caller keeps to reuse them (the CLI per command, the server per run).
 Only character-level tokenizers are supported: a BPE token spans several slots.
 """
 
@@ -27,8 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cipai import CiPu, Form, allowed_marks
-from ..errors import TianciError
+from .cipai import CiPu
+from ..errors import ParameterError, TianciError
+from .fixed import FormChoice, check_vocabulary, choose_form
+from .form import CellKind, Form
 from .tones import PING, ZE, ZHONG, Phonology, bu_name, is_han, load_phonology
 
 AUTHOR_MAX = 4  # characters the model may write as the author's name
@@ -57,6 +60,7 @@ class ComposeResult:
     backoffs: list[Backoff] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # generated ids (author, if written, then poem)
     seconds: float = 0.0
+    note: str = ""  # why this form was chosen when it is not the default (tianci.ci.fixed)
 
     @property
     def variant(self) -> int | None:
@@ -70,7 +74,8 @@ class VocabTables:
         if getattr(tokenizer, "kind", "char") != "char":
             raise TianciError(f"compose needs a character-level tokenizer (this run's is "
                               f"{tokenizer.kind!r}): one BPE token can span several slots of the "
-                              f"pattern; train with tokenizer=char")
+                              f"pattern; train with tokenizer=char", param="run",
+                              allowed="a run trained with the char tokenizer")
         self.tok, self.phon = tokenizer, phon
         self.texts = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
         self.stoi = {t: i for i, t in enumerate(self.texts)}
@@ -90,7 +95,8 @@ class VocabTables:
         self.tone = torch.tensor(tone, dtype=torch.bool)  # 平-able, 仄-able, any
         self.bu = torch.tensor(bu, dtype=torch.bool)
         if not self.han.any():
-            raise TianciError("the tokenizer's vocabulary has no Han character: nothing to compose with")
+            raise TianciError("the tokenizer's vocabulary has no Han character: nothing to compose with",
+                              param="run", allowed="a run whose vocabulary has Han characters")
         self.any_bu = self.bu.any(dim=1)  # (3, V): has some rhyme group in that tone
 
     def one_hot(self, chars: str) -> torch.Tensor:
@@ -109,155 +115,101 @@ class FormMasks:
         self.cells = form.cells()
         self.strict = torch.zeros(len(self.cells), len(vt.texts), dtype=torch.bool)
         self.tone_only = torch.zeros_like(self.strict)
-        for j, (kind, v) in enumerate(self.cells):
-            if kind == "c":
-                t = TONE_INDEX[form.tones[v]]
+        for j, cell in enumerate(self.cells):
+            if cell.is_char:
+                t = TONE_INDEX[form.tones[cell.slot]]
                 self.tone_only[j] = vt.tone[t]
-                self.strict[j] = vt.tone[t] & vt.any_bu[t] if form.rhyme[v] >= 0 else vt.tone[t]
+                self.strict[j] = vt.tone[t] & vt.any_bu[t] if form.rhyme[cell.slot] >= 0 else vt.tone[t]
             else:
-                m = vt.one_hot(allowed_marks(v) if kind == "p" else "\n")
+                m = vt.one_hot(cell.accepts())
                 if not m.any():
-                    want = "the newline" if kind == "n" else " or ".join(allowed_marks(v))
+                    want = "the newline" if cell.kind is CellKind.NEWLINE else " or ".join(cell.accepts())
                     raise TianciError(f"the vocabulary lacks {want}: the form of {form.name} "
-                                      f"cannot be written with this tokenizer")
+                                      f"cannot be written with this tokenizer", param="run",
+                                      allowed="a run whose vocabulary has the corpus punctuation")
                 self.strict[j] = self.tone_only[j] = m
         self.newline = vt.one_hot("\n")
 
 
-_VOCAB_CACHE: dict[tuple[int, int], VocabTables] = {}
-_FORM_CACHE: dict[tuple[int, Form], FormMasks] = {}
+class Composer:
+    """What composing needs besides the model, built once and held by the caller: the tokenizer's
+    vocabulary tables and the masks of every form used so far (keyed by the form itself: forms are
+    frozen values), plus the 词谱 to choose forms from. Not thread-safe for building new masks; a
+    server holds one per run and builds under its scheduler."""
+
+    MAX_FORMS = 256  # masks kept (each is cells × V booleans: ~100 × 6k = 0.6 MB)
+
+    def __init__(self, tokenizer, phon: Phonology | None = None, cipu: CiPu | None = None):
+        self.cipu = cipu
+        self.phon = phon or (cipu.phon if cipu is not None and cipu.phon is not None else None) or load_phonology()
+        self.vocab = VocabTables(tokenizer, self.phon)
+        self._masks: dict[Form, FormMasks] = {}
+
+    def masks(self, form: Form) -> FormMasks:
+        fm = self._masks.get(form)
+        if fm is None:
+            if len(self._masks) >= self.MAX_FORMS:
+                self._masks.clear()
+            fm = self._masks[form] = FormMasks(form, self.vocab)
+        return fm
+
+    def choose(self, cipai: str | Form, variant: int | None = None, start: str | None = None,
+               acrostic: str | None = None) -> FormChoice:
+        """The form for this request (a variant that admits `start`/`acrostic`; see tianci.ci.fixed)."""
+        if isinstance(cipai, str) and self.cipu is None:
+            self.cipu = CiPu.load(phon=self.phon)
+        return choose_form(self.cipu, cipai, self.phon, variant, start, acrostic)
 
 
-def form_masks(tokenizer, form: Form, phon: Phonology) -> FormMasks:
-    key = (id(tokenizer), id(phon))
-    vt = _VOCAB_CACHE.get(key)
-    if vt is None or vt.tok is not tokenizer or vt.phon is not phon:
-        vt = _VOCAB_CACHE[key] = VocabTables(tokenizer, phon)
-    fm = _FORM_CACHE.get((id(vt), form))
-    if fm is None or fm.vt is not vt:
-        if len(_FORM_CACHE) > 64:
-            _FORM_CACHE.clear()
-        fm = _FORM_CACHE[(id(vt), form)] = FormMasks(form, vt)
-    return fm
+@dataclass
+class RowState:
+    """One sample's progress through the form."""
 
-
-def _forced(form: Form, vt: VocabTables, start: str | None, acrostic: str | None) -> dict[int, int]:
-    """cell index -> token id fixed by --start / --acrostic, checked against the pattern."""
-    cells = form.cells()
-    fixed: dict[int, str] = {}
-    if start:
-        j = 0
-        for n, ch in enumerate(start, 1):
-            while j < len(cells) and is_han(ch) and cells[j][0] != "c":
-                j += 1  # the user types characters only: skip the pattern's punctuation
-            if j >= len(cells):
-                raise TianciError(f"--start {start!r} is longer than the whole {form.name} "
-                                  f"({form.n_chars} characters)")
-            kind, v = cells[j]
-            if kind != "c" and ch not in (allowed_marks(v) if kind == "p" else "\n"):
-                raise TianciError(f"--start {start!r}: character {n} {ch!r} stands where the pattern "
-                                  f"puts {v!r}")
-            if kind == "c" and not is_han(ch):
-                raise TianciError(f"--start {start!r}: {ch!r} (character {n}) stands at a character slot")
-            fixed[j] = ch
-            j += 1
-    if acrostic:
-        heads = form.line_starts()
-        if len(acrostic) != len(heads):
-            clauses = form.line_starts(clauses=True)
-            if len(acrostic) != len(clauses):
-                raise TianciError(f"--acrostic {acrostic!r} has {len(acrostic)} characters but "
-                                  f"{form.name} has {len(heads)} lines ({len(clauses)} clauses)")
-            heads = clauses
-        cell_of = {v: j for j, (k, v) in enumerate(cells) if k == "c"}
-        for n, (slot, ch) in enumerate(zip(heads, acrostic), 1):
-            j = cell_of[slot]
-            if j in fixed and fixed[j] != ch:
-                raise TianciError(f"--acrostic character {n} {ch!r} conflicts with --start, which puts "
-                                  f"{fixed[j]!r} there")
-            fixed[j] = ch
-    out: dict[int, int] = {}
-    bus: dict[int, set[int]] = {}
-    for j, ch in sorted(fixed.items()):
-        if ch not in vt.stoi:
-            raise TianciError(f"{ch!r} is not in the model's vocabulary: it cannot be written")
-        kind, v = cells[j]
-        if kind == "c":
-            line, pos = _where(form, v)
-            tone = form.tones[v]
-            if not vt.phon.fits(ch, tone):
-                known = "/".join(sorted(vt.phon.tones(ch))) or "unknown"
-                raise TianciError(f"{ch!r} (tone {known}) breaks the pattern: line {line} character "
-                                  f"{pos} of {form.name} must be {tone}")
-            g = form.rhyme[v]
-            if g >= 0:
-                have = vt.phon.groups(ch, tone)
-                new = have & bus.get(g, have)
-                if not new:
-                    raise TianciError(f"{ch!r} cannot rhyme at line {line} character {pos} of "
-                                      f"{form.name}: " + ("no rhyme group is known for it" if not have
-                                                           else "it does not rhyme with the earlier rhyme"))
-                bus[g] = new
-        out[j] = vt.stoi[ch]
-    return out
-
-
-def _where(form: Form, slot: int) -> tuple[int, int]:
-    k = 0
-    for li, line in enumerate(form.lines, 1):
-        n = line.count("*")
-        if slot < k + n:
-            return li, slot - k + 1
-        k += n
-    raise AssertionError(slot)
-
-
-class _Row:
-    def __init__(self, author_phase: bool):
-        self.author = author_phase  # still writing the author's name
-        self.author_text = ""
-        self.cell = 0
-        self.bus: dict[int, set[int] | None] = {}
-        self.used: dict[int, set[int]] = {}
-        self.tokens: list[int] = []
-        self.slot_tok: dict[int, int] = {}  # character slot -> token written there (for 叠)
+    author_phase: bool  # still writing the author's name
+    author_text: str = ""
+    cell: int = 0  # index into FormMasks.cells of the next token
+    bus: dict[int, set[int]] = field(default_factory=dict)  # rhyme group -> 部 still possible
+    used: dict[int, set[int]] = field(default_factory=dict)  # rhyme group -> token ids used as rhymes
+    tokens: list[int] = field(default_factory=list)
+    slot_tok: dict[int, int] = field(default_factory=dict)  # character slot -> token written there (for 叠)
 
 
 class ConstrainedDecoder:
-    """The state machine behind the logits hook; one _Row per sample."""
+    """The state machine behind the logits hook; one RowState per sample."""
 
     def __init__(self, fm: FormMasks, n: int, author_phase: bool, forced: dict[int, int]):
         self.fm, self.vt, self.form = fm, fm.vt, fm.form
-        self.rows = [_Row(author_phase) for _ in range(n)]
+        self.rows = [RowState(author_phase) for _ in range(n)]
         self.forced = forced
         self.backoffs: list[Backoff] = []
 
     def done(self) -> bool:
         return all(r.cell >= len(self.fm.cells) for r in self.rows)
 
+    def _only(self, tok: int) -> torch.Tensor:
+        m = torch.zeros_like(self.vt.han)
+        m[tok] = True
+        return m
+
     def mask(self, r: int) -> torch.Tensor:
         row, vt = self.rows[r], self.vt
-        if row.author:
+        if row.author_phase:
             n = len(row.author_text)
             return vt.han if n == 0 else self.fm.newline if n >= AUTHOR_MAX else vt.han | self.fm.newline
         if row.cell >= len(self.fm.cells):
             return self.fm.newline  # finished rows wait for the others
         j = row.cell
         if j in self.forced:
-            m = torch.zeros_like(vt.han)
-            m[self.forced[j]] = True
-            return m
-        kind, slot = self.fm.cells[j]
-        if kind == "c" and self.form.repeat_of(slot) in row.slot_tok:  # 叠: the same character again
-            m = torch.zeros_like(vt.han)
-            m[row.slot_tok[self.form.repeat_of(slot)]] = True
-            return m
+            return self._only(self.forced[j])
+        cell = self.fm.cells[j]
+        if cell.is_char and self.form.repeat_of(cell.slot) in row.slot_tok:  # 叠: the same character again
+            return self._only(row.slot_tok[self.form.repeat_of(cell.slot)])
         strict = self.fm.strict[j]
-        if kind != "c" or self.form.rhyme[slot] < 0:
+        if not cell.is_char or self.form.rhyme[cell.slot] < 0:
             if strict.any():
                 return strict
-            return self._backoff(r, slot, "tone", vt.han)
-        g, t = self.form.rhyme[slot], TONE_INDEX[self.form.tones[slot]]
+            return self._backoff(r, cell.slot, "tone", vt.han)
+        g, t = self.form.rhyme[cell.slot], TONE_INDEX[self.form.tones[cell.slot]]
         bus = row.bus.get(g)
         rhyme = vt.bu[t, sorted(bus)].any(dim=0) if bus else vt.any_bu[t]
         unused = torch.ones_like(vt.han)
@@ -267,11 +219,11 @@ class ConstrainedDecoder:
                            ("tone", vt.han & rhyme), ("rhyme", self.fm.tone_only[j]),
                            ("tone+rhyme", vt.han)):
             if m.any():
-                return self._backoff(r, slot, relaxed, m) if relaxed else m
+                return self._backoff(r, cell.slot, relaxed, m) if relaxed else m
         raise AssertionError("VocabTables guarantees a Han character")
 
     def _backoff(self, r: int, slot: int, relaxed: str, m: torch.Tensor) -> torch.Tensor:
-        line, pos = _where(self.form, slot)
+        line, pos = self.form.where(slot)
         self.backoffs.append(Backoff(r, line, pos, relaxed))
         return m
 
@@ -279,26 +231,26 @@ class ConstrainedDecoder:
         """Record row r's sampled token; return the text it adds (for streaming)."""
         row, vt = self.rows[r], self.vt
         text = vt.texts[tok]
-        if row.author:
+        if row.author_phase:
             if text == "\n":
-                row.author = False
+                row.author_phase = False
             else:
                 row.author_text += text
             row.tokens.append(tok)
             return text
         if row.cell >= len(self.fm.cells):
             return ""
-        kind, slot = self.fm.cells[row.cell]
-        if kind == "c":
-            row.slot_tok[slot] = tok
-        if kind == "c" and self.form.rhyme[slot] >= 0:
-            g = self.form.rhyme[slot]
-            have = vt.phon.groups(text, self.form.tones[slot])
-            old = row.bus.get(g)
-            new = have if old is None else have & old
-            if new:
-                row.bus[g] = new
-            row.used.setdefault(g, set()).add(tok)
+        cell = self.fm.cells[row.cell]
+        if cell.is_char:
+            row.slot_tok[cell.slot] = tok
+            g = self.form.rhyme[cell.slot]
+            if g >= 0:
+                have = vt.phon.groups(text, self.form.tones[cell.slot])
+                old = row.bus.get(g)
+                new = have if old is None else have & old
+                if new:
+                    row.bus[g] = new
+                row.used.setdefault(g, set()).add(tok)
         row.cell += 1
         row.tokens.append(tok)
         return text
@@ -317,20 +269,19 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                   acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
                   top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
                   on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-                  variant: int | None = None) -> list[ComposeResult]:
+                  variant: int | None = None, composer: Composer | None = None) -> list[ComposeResult]:
     """`n` poems to one form, decoded together as one batch. See `compose`."""
     from ..generate import generate
 
     t0 = time.perf_counter()
     if n < 1:
-        raise TianciError(f"number of samples must be >= 1 (got {n})")
-    phon = phon or (cipu.phon if cipu is not None and cipu.phon is not None else None) or load_phonology()
-    if isinstance(cipai, Form):
-        form = cipai
-    else:
-        form = (cipu or CiPu.load(phon=phon)).form(cipai, variant)
-    fm = form_masks(tokenizer, form, phon)
-    forced = _forced(form, fm.vt, start, acrostic)
+        raise ParameterError("n", n, ">= 1", "the number of poems to compose")
+    composer = composer or Composer(tokenizer, phon, cipu)
+    assert composer.vocab.tok is tokenizer, "a Composer serves the tokenizer it was built for"
+    choice = composer.choose(cipai, variant, start, acrostic)
+    form = choice.form
+    fm = composer.masks(form)
+    forced = check_vocabulary(choice.fixed, fm.vt.stoi, start)
     author = author.strip() if author else None
     prompt = f"\n\n{form.title} " + (f"{author}\n" if author else "")
     ids = _encode_loose(fm.vt, prompt)
@@ -367,7 +318,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                  for g in range(n_groups)]
         out.append(ComposeResult(text, text.split("\n"), form.title, author or row.author_text, form,
                                  rhyme, [b for b in dec.backoffs if b.sample == r], row.tokens,
-                                 time.perf_counter() - t0))
+                                 time.perf_counter() - t0, choice.note))
     return out
 
 
@@ -375,12 +326,15 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
             acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
             top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
             on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-            variant: int | None = None) -> ComposeResult:
+            variant: int | None = None, composer: Composer | None = None) -> ComposeResult:
     """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
 
     start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
-    author: written into the prompt (None: the model writes one). on_text(str) receives the text as
-    it is decoded. cipu/phon default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE (else upstream)."""
+    with a name and no `variant`, the first 词谱 variant that admits them is used (`result.note` says
+    why when it is not the default). author: written into the prompt (None: the model writes one).
+    on_text(str) receives the text as it is decoded. composer: reuse one `Composer` across calls (it
+    holds the vocabulary tables and masks); else one is built from tokenizer, cipu and phon (which
+    default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE, else upstream)."""
     return compose_batch(model, tokenizer, cipai, 1, start=start, acrostic=acrostic,
                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, author=author,
-                         on_text=on_text, cipu=cipu, phon=phon, variant=variant)[0]
+                         on_text=on_text, cipu=cipu, phon=phon, variant=variant, composer=composer)[0]

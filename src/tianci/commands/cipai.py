@@ -21,7 +21,8 @@ def run(args) -> int:
     from ..ci.cipai import open_cipu, render, rhyme_group_count
 
     if not args.list and not args.name:
-        raise TianciError("give a 词牌 name (e.g. `tianci cipai 浣溪沙`) or --list")
+        raise TianciError("give a 词牌 name (e.g. `tianci cipai 浣溪沙`) or --list", param="name",
+                          allowed="a 词牌 name, alias or pinyin")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source)
     if args.list:
         for name, aliases, src, count in cp.listing():
@@ -35,7 +36,7 @@ def run(args) -> int:
           f"{rhyme_group_count(f)} rhyme group(s); {which}; {f.corpus_count} poems in the corpus")
     legend = "○ 平  ● 仄  ◐ 中 (either)  A/B… rhyme (a new letter = a rhyme change)"
     if any(r >= 0 for r in f.repeat):
-        legend += "  叠 = the rhyme character before it, again"
+        legend += "  叠 = an earlier character (or a whole clause) again"
     print(legend + "\n")
     print(render(f))
     if f.example:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import TianciError
+from ..errors import ParameterError
 
 
 def add_arguments(p) -> None:
@@ -32,17 +32,21 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..checkpoint import load_run
     from ..ci.cipai import open_cipu
-    from ..ci.compose import compose
+    from ..ci.compose import Composer, compose
 
     if not 1 <= args.num_samples <= 64:
-        raise TianciError(f"--num-samples {args.num_samples} is out of range 1..64")
+        raise ParameterError("num_samples", args.num_samples, "1..64")
     if not 0 <= args.temperature <= 10:
-        raise TianciError(f"--temperature {args.temperature} is out of range 0..10")
+        raise ParameterError("temperature", args.temperature, "0..10")
     if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise TianciError(f"--top-p {args.top_p} is out of range (0, 1]")
+        raise ParameterError("top_p", args.top_p, "(0, 1]")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
-    form = cp.form(args.cipai, args.variant)
     r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
+    composer = Composer(r.tokenizer, cp.phon, cp)
+    choice = composer.choose(args.cipai, args.variant, args.start, args.acrostic)  # refuses before any output
+    form = choice.form
+    if choice.note:
+        print(f"[{choice.note}]", file=sys.stderr)
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
@@ -57,7 +61,7 @@ def run(args) -> int:
         res = compose(r.model, r.tokenizer, form, start=args.start, acrostic=args.acrostic,
                       temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
                       seed=None if args.seed is None else args.seed + i, author=args.author,
-                      on_text=emit, cipu=cp, phon=cp.phon)
+                      on_text=emit, composer=composer)
         which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
         note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"
         note += f"; {len(res.backoffs)} backoff(s): " + "; ".join(map(str, res.backoffs[:5])) if res.backoffs else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import TianciError
+from ..errors import ParameterError, TianciError
 
 
 def add_arguments(p) -> None:
@@ -28,12 +28,14 @@ def run(args) -> int:
     from ..ci.compose_eval import HEADER, evaluate, format_table, write_json
 
     if not 1 <= args.k <= 64:
-        raise TianciError(f"--k {args.k} is out of range 1..64")
+        raise ParameterError("k", args.k, "1..64")
     if not 1 <= args.top <= 1000:
-        raise TianciError(f"--top {args.top} is out of range 1..1000")
+        raise ParameterError("top", args.top, "1..1000")
     data = args.data or data_dir_of_run(args.run)
     if data is None:
-        raise TianciError(f"--data is needed: {args.run}/config.json names no data directory with poems.jsonl")
+        raise TianciError(f"no corpus to compare with: {args.run}/config.json names no data directory with "
+                          "poems.jsonl", param="data", allowed="poems.jsonl or a prepared data directory",
+                          hints={"cli": "give one with --data"})
     cp = open_cipu(args.cipu_source, data, args.rhyme_source)
     r = load_run(args.run, device=args.device, which=args.which)
     print(HEADER, file=sys.stderr)

@@ -57,7 +57,7 @@ def compose_job(run, cp, form, req, seed: int):
                           temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p, seed=seed,
                           author=req.author or None, on_text=on_text, cipu=cp, phon=cp.phon)
         except TianciError as e:
-            e.param = compose_param(str(e), req)
+            e.param = e.param or compose_param(str(e), req)  # composer errors carry their param
             raise
         emit(("done", res))
     return work
