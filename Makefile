@@ -28,12 +28,13 @@ $(eval $(call local_source,TIANCI_POETRY_SOURCE,../shared/data/chinese-poetry))
 $(eval $(call local_source,TIANCI_CIPU_SOURCE,../shared/data/couyun/ci_pu))
 $(eval $(call local_source,TIANCI_RHYME_SOURCE,../shared/data/chinese_word_rhyme/data))
 
-.PHONY: install demo test test-fast bench browser clean help
+.PHONY: install demo test test-fast bench browser clean help course
 
 help:
 	@echo "make demo   - set up, prepare the ci corpus, train a small GPT for a few minutes, print poems"
 	@echo "make test   - set up and run the test suite"
 	@echo "make bench  - run the speed benchmark (tianci bench)"
+	@echo "make course - set up Jupyter and open the hands-on course (course/)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,3 +66,16 @@ browser:
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
+
+# ----------------------------------------------------------------------------- the course
+# `make course`: install JupyterLab and the course extra, pair each chapter (a jupytext .py script)
+# with a notebook, and open chapter 0. COURSE_ARGS=--no-browser on a machine without a browser.
+COURSE_ARGS ?=
+
+$(VENV)/.course-installed: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e ".[$(EXTRAS),course]"
+	@touch $@
+
+course: $(VENV)/.course-installed
+	$(VENV)/bin/jupytext --sync course/[0-9][0-9]_*.py
+	$(VENV)/bin/jupyter lab course/00_prepare.ipynb $(COURSE_ARGS)
