@@ -10,7 +10,14 @@ import os
 # on a shared 2-core machine two threads made tiny ops ~100x slower. Set here, before any test module
 # imports torch, so it holds for the whole session; an explicit OMP_NUM_THREADS still wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+import tempfile
 from pathlib import Path
+
+# Hermetic: the sources tianci remembers and the downloads it caches (tianci.sources) go to a throwaway
+# folder for the session and its subprocesses, never into the developer's ~/.config or ~/.cache.
+_HOME = Path(tempfile.mkdtemp(prefix="tianci-test-home-"))
+os.environ["TIANCI_CONFIG_DIR"] = str(_HOME / "config")
+os.environ["TIANCI_CACHE_DIR"] = str(_HOME / "cache")
 
 import pytest
 

@@ -197,48 +197,7 @@ def test_never_clobbers_an_unrelated_directory(tree, tmp_path):
     build_tree(tree, out, force=True)
     assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me" and (out / "meta.json").exists()
     build_tree(tree, out)  # a tianci data directory may be re-prepared in place
-    assert sorted(p.name for p in out.iterdir()) == sorted([*C.OUTPUTS, "notes.txt"])
-
-
-def test_download_from_upstream(tree, tmp_path, monkeypatch):
-    """Guards: wrong (unquoted) upstream URLs, re-downloading cached files, or a traceback when offline."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(C.time, "sleep", lambda s: None)
-    urls = []
-
-    class Resp:
-        def __init__(self, body):
-            self.body = body
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def read(self):
-            return self.body
-
-    def fake_urlopen(url, timeout=None):
-        urls.append(url)
-        rel = C.urllib.parse.unquote(url.split("/master/", 1)[1])
-        p = tree / rel
-        return Resp(p.read_bytes() if p.exists() else b"[]")
-
-    monkeypatch.setattr(C.urllib.request, "urlopen", fake_urlopen)
-    poems = C.load_poems(C.UPSTREAM)
-    assert len(poems) == 18 and len(urls) == 23
-    assert urls[0] == C.UPSTREAM + "/%E5%AE%8B%E8%AF%8D/ci.song.0.json"
-    C.load_poems(C.UPSTREAM)
-    assert len(urls) == 23  # cached
-
-    def offline(url, timeout=None):
-        raise urllib.error.URLError("Name or service not known")
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
-    monkeypatch.setattr(C.urllib.request, "urlopen", offline)
-    with pytest.raises(TianciError, match="could not download.*--source.*TIANCI_POETRY_SOURCE"):
-        C.load_poems(C.UPSTREAM)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*C.OUTPUTS, "manifest.json", "notes.txt"])
 
 
 def _cli(*args, env_source=None):
@@ -276,3 +235,128 @@ def test_real_corpus(poetry_dir, tmp_path):
     assert len(rows) == 21095 and json.loads(rows[-1])["author"] == "李煜"
     ids = np.fromfile(tmp_path / "ci" / "val.bin", dtype=np.uint16)
     assert len(ids) == meta["val_tokens"] and int(ids.max()) < meta["vocab_size"]
+
+
+# ----------------------------------------------------------------------------- hardening (issue 10)
+
+def test_deeply_nested_json_is_one_clear_error(tree):
+    """Guards: a corpus file nested 100,000 deep dying with a RecursionError traceback."""
+    (tree / "宋词" / "ci.song.0.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(C.DataError, match="ci.song.0.json.*nested too deeply"):
+        C.load_poems(tree)
+
+
+def test_directory_named_like_a_corpus_file(tree):
+    """Guards: a directory called ci.song.3000.json crashing the reader with IsADirectoryError."""
+    (tree / "宋词" / "ci.song.3000.json").mkdir()
+    with pytest.raises(C.DataError, match="ci.song.3000.json is a directory"):
+        C.load_poems(tree)
+
+
+def test_prepare_never_touches_someone_elses_files(tmp_path):
+    """Guards: `prepare --text t.txt --out DIR` over a folder holding a meta.json and a poems.jsonl
+    overwriting the user's ci.txt and deleting poems.jsonl without --force. Refused, and with --force
+    too (tianci never writes over a file it did not write); nothing changes."""
+    t = tmp_path / "t.txt"
+    t.write_text("春花秋月\n\n何时了\n\n往事知多少\n", encoding="utf-8")
+    d = tmp_path / "mine"
+    d.mkdir()
+    for name, text in (("meta.json", '{"mine": 1}'), ("poems.jsonl", "{}\n"), ("ci.txt", "my text")):
+        (d / name).write_text(text, encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    for extra in ([], ["--force"]):
+        r = _cli("--text", str(t), "--out", str(d), "--quiet", *extra)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_mixed_data_set_is_caught(tree, tmp_path):
+    """Guards: a new train.bin beside an old meta.json (a killed prepare of the old code) crashing
+    `train` with an IndexError: reading the data dir names the mismatch."""
+    out = tmp_path / "out"
+    build_tree(tree, out)
+    (out / "train.bin").write_bytes((out / "train.bin").read_bytes()[:-4])
+    with pytest.raises(C.DataError, match="train.bin.*different builds"):
+        C.read_meta(out)
+
+
+def _signature(d: Path) -> dict:
+    """The data set in d, without meta's timing: what must be all-old or all-new."""
+    meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+    meta.pop("seconds")
+    return {"meta": meta, **{n: (d / n).read_bytes() for n in ("ci.txt", "train.bin", "val.bin", "tokenizer.json")}}
+
+
+def test_prepare_swap_interrupted_between_renames(tmp_path, monkeypatch):
+    """Guards: where the directory swap is two renames (no renameat2), a kill between them losing the
+    data set: the next prepare (or salvage) puts the finished new set in place, and no folder is left."""
+    from tianci import files
+
+    out = tmp_path / "data"
+    (tmp_path / "a.txt").write_text("春花\n\n秋月\n\n何时\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("小楼\n\n昨夜\n\n东风\n\n故国\n", encoding="utf-8")
+    C.build(C.Corpus(C.load_texts([tmp_path / "a.txt"]), "a"), out)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    real, calls = files.os.rename, []
+
+    def killed_after_first(a, b):
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real(a, b)
+
+    monkeypatch.setattr(files.os, "rename", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        C.build(C.Corpus(C.load_texts([tmp_path / "b.txt"]), "b"), out)
+    monkeypatch.undo()
+    assert not out.exists()  # the moment between the renames
+    files.salvage(out)
+    assert (out / "ci.txt").read_text(encoding="utf-8").startswith("小楼") and C.read_meta(out)
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_kill_during_prepare_leaves_old_or_new(tmp_path):
+    """Guards: `kill -9` during `prepare` over an existing data dir leaving new ci.txt/poems.jsonl beside
+    old meta/tokenizer/.bin files (6 of 10 tries before). After every kill the directory holds one
+    whole data set, old or new, and the user's file in it survives; the next prepare cleans up."""
+    import os
+    import random
+    import signal
+    import time
+
+    texts = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        rng = random.Random(seed)
+        docs = ["".join(rng.choice("春花秋月何时了往事知多少小楼昨夜又东风") for _ in range(40)) for _ in range(3000)]
+        texts[name] = tmp_path / f"{name}.txt"
+        texts[name].write_text("\n\n".join(docs), encoding="utf-8")
+    refs = {}
+    for name, t in texts.items():
+        assert _cli("--text", str(t), "--out", str(tmp_path / f"ref-{name}"), "--quiet").returncode == 0
+        refs[name] = _signature(tmp_path / f"ref-{name}")
+    out = tmp_path / "data"
+    assert _cli("--text", str(texts["a"]), "--out", str(out), "--quiet").returncode == 0
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    t0 = time.perf_counter()
+    assert _cli("--text", str(texts["b"]), "--out", str(out), "--quiet").returncode == 0
+    full = time.perf_counter() - t0
+    rng, seen = random.Random(0), set()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for i in range(8):
+        p = subprocess.Popen([sys.executable, "-m", "tianci", "prepare", "--text", str(texts["ab"[i % 2]]),
+                              "--out", str(out), "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.1) * full)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        sig = _signature(out)
+        match = [n for n, ref in refs.items() if ref == sig]
+        assert match, f"kill {i}: a mix of two data sets"
+        seen.add(match[0])
+        assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert _cli("--text", str(texts["a"]), "--out", str(out), "--quiet").returncode == 0
+    assert _signature(out) == refs["a"] and (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # leftovers cleaned

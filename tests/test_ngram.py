@@ -144,12 +144,13 @@ def test_train_and_sample_run(data_dir, tmp_path):
     run = tmp_path / "run"
     res = train_run(preset, data_dir, run, quiet=True)
     files = sorted(p.name for p in run.iterdir())
-    assert files == ["config.json", "metrics.jsonl", "ngram.json", "tokenizer.json"]
+    assert files == ["config.json", "manifest.json", "metrics.jsonl", "ngram.json", "tokenizer.json"]
     cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert cfg["kind"] == "ngram" and cfg["preset"]["ngram"]["order"] == 1 and cfg["data"]["n_poems"] == 10
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["step"] == 0
-    assert res["val_bits_per_char"] == pytest.approx(res["val_loss"] / math.log(2))  # char: 1 token = 1 char
+    assert res["val_bpc"] == pytest.approx(res["val_loss"] / math.log(2))
+    assert "val_loss_per_token" not in res  # char tokens: per token == per character
     vocab = cfg["data"]["vocab_size"]
     assert 0 < res["train_loss"] < res["val_loss"] < math.log(vocab)  # better than uniform guessing
     texts = sample_run(run, "一曲", max_new_tokens=20, seed=3, num_samples=2)
@@ -157,7 +158,7 @@ def test_train_and_sample_run(data_dir, tmp_path):
     assert texts == sample_run(run, "一曲", max_new_tokens=20, seed=3, num_samples=2)
     with pytest.raises(TianciError, match="'X'.*position 1"):
         sample_run(run, "一X")
-    with pytest.raises(TianciError, match="not empty.*--force"):
+    with pytest.raises(TianciError, match="already holds a tianci run.*--force"):
         train_run(preset, data_dir, run, quiet=True)
     train_run(preset, data_dir, run, force=True, quiet=True)
     with pytest.raises(TianciError, match="no meta.json"):
@@ -171,5 +172,5 @@ def test_real_corpus_bigram(poetry_dir, tmp_path):
     poems = C.load_poems(poetry_dir, skipped=skipped)
     C.build(C.Corpus([p.text() for p in poems], str(poetry_dir), poems), tmp_path / "ci")
     res = train_run(load_preset("counting"), tmp_path / "ci", tmp_path / "run", quiet=True)
-    assert 6.7 < res["val_bits_per_char"] < 7.0 and res["train_loss"] < res["val_loss"]
+    assert 6.7 < res["val_bpc"] < 7.0 and res["train_loss"] < res["val_loss"]
     assert res["time"] < 60

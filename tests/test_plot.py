@@ -183,3 +183,18 @@ def test_wandb_offline(small_data, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     _train_tiny(small_data, tmp_path / "run", "wandb")
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_plot_gpt_and_counting_runs_together(small_data, tmp_path, capsys):
+    """Guards: `tianci plot runs/ci runs/count` dying with KeyError: 'tokens' (the counting run's metrics
+    had no tokens field and their val_loss was per token): the counting run is a level line at its val
+    loss in nats/char, the same unit as the GPT's."""
+    from tianci.cli import main
+
+    _train_tiny(small_data, tmp_path / "ci", "none")
+    assert main(["train", "--preset", "counting", "--data", str(small_data), "--out", str(tmp_path / "count")]) == 0
+    rec = json.loads((tmp_path / "count" / "metrics.jsonl").read_text())
+    assert rec["eval"] and {"tokens", "time", "val_loss", "val_bpc"} <= set(rec)
+    out = tmp_path / "loss.png"
+    assert main(["plot", str(tmp_path / "ci"), str(tmp_path / "count"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG and "Traceback" not in capsys.readouterr().err

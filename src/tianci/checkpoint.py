@@ -1,74 +1,49 @@
-"""Run directories and checkpoints.
+"""Run directories and checkpoints: `Run` is the one reader and writer of a run directory, for the
+GPT and for the counting model.
 
 A run directory holds everything needed to sample, resume or serve:
 
-    config.json        the resolved config (preset + overrides) and the data's meta
+    manifest.json      which files here tianci wrote (`--force` removes those and nothing else)
+    config.json        the resolved config (preset + overrides), the data's meta, and the
+                       tokenizer's kind, vocab_size and fingerprint (checked at every load)
     tokenizer.json     the tokenizer (a model is useless without it)
-    metrics.jsonl      one JSON line per log/eval step
-    ckpt/model-<step>.safetensors + ckpt/state-<step>.pt   weights / optimizer, RNG, step
+    metrics.jsonl      one JSON line per log/eval step; losses in nats per character for every model
+                       kind (`val_loss`), with nats per token beside them where tokens are not chars
+    ckpt/model-<step>.safetensors + ckpt/state-<step>.pt   weights / optimizer, RNG, step (GPT)
     latest.json        points at the newest complete checkpoint pair
     best.safetensors   the weights with the best validation loss (+ best.json)
+    ngram.json         the counting model's counts (instead of ckpt/ and best.*)
 
-Every file is written to a temporary name and moved into place with os.replace, and latest.json
-is replaced only after both files of its checkpoint are complete: a process killed at any moment
-leaves the previous checkpoint loadable.
+Every file goes through `files.atomic_write`, and latest.json is replaced only after both files of
+its checkpoint are complete: a process killed at any moment leaves the previous checkpoint loadable.
+Importing this module costs no torch: the weight functions import it when called.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-try:
-    from safetensors import SafetensorError as SafetensorsError
-except ImportError:  # older safetensors
-    SafetensorsError = Exception
-from safetensors.torch import load_file, save_file
+from .errors import DataError, RunError
+from .files import Manifest, atomic_write, atomic_write_json, clean_temp, read_json
 
-from .config import Preset, from_dict
-from .errors import TianciError
-
-RUN_FILES = ("config.json", "tokenizer.json", "metrics.jsonl", "latest.json", "best.safetensors",
-             "best.json", "ckpt", "tb", "wandb", "ngram.json", "samples.txt")
+# What a run writes at the top level; recorded in the manifest when the run is created (the
+# directory is empty then, so these names can only be tianci's). Checkpoint pairs are recorded
+# one by one as they are written.
+RUN_NAMES = ("config.json", "tokenizer.json", "metrics.jsonl", "latest.json", "best.safetensors",
+             "best.json", "ngram.json", "tb/", "wandb/")
+KINDS = ("gpt", "ngram")
 
 
-class CheckpointError(TianciError):
-    pass
+class CheckpointError(RunError):
+    """A checkpoint file is missing, truncated, foreign or does not fit the run."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# ----------------------------------------------------------------------------- weights (torch)
 
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=2).encode("utf-8"))
-
-
-def _atomic(path: Path, writer) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _weights(model) -> dict:
     """State dict of the raw model (never a compiled/DDP wrapper), tied tensors stored once."""
     sd, seen, out = model.state_dict(), {}, {}
     for k, v in sd.items():
@@ -81,18 +56,37 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_weights(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
+def _non_finite(sd: dict) -> list[str]:
+    import torch
+    return [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def save_weights(model, path, metadata: dict | None = None) -> None:
+    """Weights as safetensors, atomically. Non-finite weights are never written (RunError)."""
+    from safetensors.torch import save
+
+    sd = _weights(model)
+    bad = _non_finite(sd)
+    if bad:
+        raise RunError(f"refusing to write {path}: the weights are not finite ({', '.join(bad[:3])}); "
+                       "the training diverged (lower --learning-rate)")
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    _atomic(Path(path), lambda tmp: save_file(_weights(model), tmp, metadata=meta))
+    atomic_write(path, save(sd, metadata=meta))
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def load_weights(model, path) -> None:
+    from safetensors.torch import load_file
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # older safetensors
+        SafetensorError = Exception
+
     path = Path(path)
     try:
         sd = load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint file not found") from None
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint (truncated or foreign?): {e}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not _is_tied(model, k)]
@@ -100,8 +94,12 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     bad = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad:
         raise CheckpointError(
-            f"{path}: weights do not match this model's config (missing {missing[:3]}, unexpected "
+            f"{path}: weights do not match the config.json beside them (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shape {bad[:3]}); was it written by another run?")
+    nan = _non_finite(sd)
+    if nan:
+        raise CheckpointError(f"{path}: the weights are not finite ({', '.join(nan[:3])}): the run that "
+                              "wrote them diverged; retrain with a lower --learning-rate")
     model.load_state_dict(sd, strict=False)
 
 
@@ -109,68 +107,8 @@ def _is_tied(model, key: str) -> bool:
     return key == "lm_head.weight" and getattr(model.config, "tie_embeddings", False)
 
 
-# ----------------------------------------------------------------------------- run dirs
-
-def prepare_run_dir(out: Path, force: bool) -> Path:
-    """Create a fresh run dir; refuse to clobber an existing run unless force."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        is_run = (out / "config.json").exists()
-        if not force:
-            hint = f"resume it with `tianci train --resume {out}`, or pass --force to start over" if is_run \
-                else "choose another --out"
-            raise TianciError(f"--out {out} already exists and is not empty; {hint}")
-        if not is_run:
-            raise TianciError(f"--out {out} is not empty and is not a tianci run; refusing to delete it")
-        for name in RUN_FILES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ckpt").mkdir(exist_ok=True)
-    return out
-
-
-def read_config(run_dir: Path) -> dict:
-    p = Path(run_dir) / "config.json"
-    if not p.exists():
-        raise CheckpointError(f"{run_dir}: not a tianci run directory (no config.json)")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p}: invalid JSON: {e}") from None
-
-
-def save_checkpoint(run_dir: Path, model, state: dict, step: int, keep: int = 1) -> None:
-    run_dir = Path(run_dir)
-    wpath = run_dir / "ckpt" / f"model-{step:07d}.safetensors"
-    spath = run_dir / "ckpt" / f"state-{step:07d}.pt"
-    save_weights(model, wpath, {"step": step})
-    _atomic(spath, lambda tmp: torch.save(state, tmp))
-    atomic_write_json(run_dir / "latest.json", {"step": step, "weights": f"ckpt/{wpath.name}",
-                                                "state": f"ckpt/{spath.name}"})
-    # keep the newest `keep` pairs; older ones are no longer pointed at
-    pairs = sorted((run_dir / "ckpt").glob("model-*.safetensors"))
-    for old in pairs[:-keep]:
-        old.unlink(missing_ok=True)
-        (old.parent / old.name.replace("model-", "state-").replace(".safetensors", ".pt")).unlink(missing_ok=True)
-
-
-def latest_paths(run_dir: Path) -> tuple[Path, Path, int]:
-    run_dir = Path(run_dir)
-    p = run_dir / "latest.json"
-    if not p.exists():
-        raise CheckpointError(f"{run_dir}: no checkpoint yet (latest.json missing)")
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-        return run_dir / meta["weights"], run_dir / meta["state"], int(meta["step"])
-    except (json.JSONDecodeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{p}: unreadable checkpoint pointer: {e}") from None
-
-
-def load_state(path: Path) -> dict:
+def load_state(path) -> dict:
+    import torch
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -179,36 +117,279 @@ def load_state(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a readable training state (truncated or foreign?): {e}") from None
 
 
-@dataclass
+# ----------------------------------------------------------------------------- the run directory
+
 class Run:
-    model: torch.nn.Module
+    """A run directory on disk. `Run.create` makes a new one (refusing anyone else's folder),
+    `Run(path)` opens an existing one for reading, `Run.resume` for writing on."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    # -- creating, opening
+    @classmethod
+    def create(cls, path, *, force: bool = False) -> "Run":
+        """A fresh run directory. An existing tianci run is replaced only with force (removing only
+        the files tianci wrote); any other non-empty folder is refused, force or not."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise RunError(f"--out {p} is a file, not a directory; choose another --out")
+        if p.is_dir() and any(p.iterdir()):
+            man = Manifest.read(p) or _adopt_legacy_run(p)
+            if man is None or man.kind != "run":
+                what = "a tianci data directory" if man is not None else "not a tianci run directory"
+                raise RunError(f"--out {p} is not empty and is {what}; tianci never deletes or writes among "
+                               "files it did not write, with or without --force: choose another --out")
+            if not force:
+                hint = (f"resume it with `tianci train --resume {p}`, or pass --force" if (p / "latest.json").exists()
+                        else "pass --force")
+                raise RunError(f"--out {p} already holds a tianci run; {hint} to delete the files tianci "
+                               "wrote there and start over")
+            man.remove_owned()
+        p.mkdir(parents=True, exist_ok=True)
+        Manifest(p, "run", list(RUN_NAMES)).save()
+        return cls(p)
+
+    @classmethod
+    def resume(cls, path) -> "Run":
+        """An existing run to write on: temp files of a killed writer are cleaned, and a run from a
+        tianci without manifests gets one (listing the run files it has)."""
+        run = cls(path)
+        run.config()  # a clear error if it is not a run
+        if Manifest.read(run.path) is None:
+            man = _adopt_legacy_run(run.path)
+            if man is None:
+                raise RunError(f"{run.path} holds files tianci did not write; copy the run files to a new folder "
+                               "to resume it")
+            man.save()
+        clean_temp(run.path)
+        return run
+
+    # -- config and tokenizer
+    def config(self) -> dict:
+        """config.json, checked: a dict with kind and preset."""
+        p = self.path / "config.json"
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: no such run directory (no config.json)")
+        if not p.is_file():
+            raise CheckpointError(f"{self.path}: not a tianci run directory (no config.json)")
+        cfg = read_json(p, "run config")
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("preset"), dict):
+            raise RunError(f"{p} has no 'preset' section: it was not written by `tianci train`")
+        if cfg.get("kind", "gpt") not in KINDS:
+            raise RunError(f"{p}: kind {cfg.get('kind')!r} is not one of {'|'.join(KINDS)}")
+        return cfg
+
+    @property
+    def kind(self) -> str:
+        return self.config().get("kind", "gpt")
+
+    def preset(self, cfg: dict | None = None):
+        from .config import from_dict
+        from .errors import TianciError
+
+        cfg = cfg or self.config()
+        try:
+            return from_dict(cfg["preset"])
+        except TianciError as e:
+            raise RunError(f"{self.path / 'config.json'}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunError(f"{self.path / 'config.json'}: the preset section is malformed ({e!r})") from None
+
+    def begin(self, kind: str, preset: dict, data_dir) -> None:
+        """Write config.json and tokenizer.json of a new run trained on `data_dir`."""
+        from .corpus import DataDir
+
+        data = DataDir(data_dir)
+        meta, tok = data.meta(), data.tokenizer()
+        atomic_write_json(self.path / "config.json", {
+            "kind": kind, "preset": preset, "data": {**meta, "dir": str(data.path)},
+            "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}})
+        atomic_write(self.path / "tokenizer.json", (data.path / "tokenizer.json").read_bytes())
+
+    def tokenizer(self, cfg: dict | None = None):
+        """tokenizer.json, checked against config.json (vocab size, and the fingerprint of the
+        vocabulary when the config has one): a foreign or reshuffled tokenizer is a RunError."""
+        from .tokenizer import load_tokenizer
+
+        cfg = cfg or self.config()
+        tp = self.path / "tokenizer.json"
+        if not tp.exists():
+            raise CheckpointError(f"{tp}: tokenizer missing from the run directory")
+        tok = load_tokenizer(tp)
+        saved = cfg.get("tokenizer") or {}
+        want_v = saved.get("vocab_size", cfg.get("data", {}).get("vocab_size"))
+        if want_v is not None and int(want_v) != tok.vocab_size:
+            raise RunError(f"{tp} has {tok.vocab_size} tokens but {self.path / 'config.json'} says {want_v}: "
+                           "the tokenizer is not the one this run was trained with")
+        if saved.get("fingerprint") and saved["fingerprint"] != tok.fingerprint():
+            raise RunError(f"{tp} does not match {self.path / 'config.json'} (vocabulary fingerprint differs): "
+                           "the tokenizer is not the one this run was trained with")
+        return tok
+
+    # -- metrics
+    def append_metrics(self, rec: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def write_metrics(self, recs: list[dict]) -> None:
+        atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
+
+    def metrics(self) -> tuple[list[dict], list[dict]]:
+        """(train records, eval records) of metrics.jsonl; a half-written last line is skipped."""
+        p = self.path / "metrics.jsonl"
+        if not p.is_file():
+            raise RunError(f"{self.path}: no metrics.jsonl (is it a tianci run directory?)")
+        train, evals = [], []
+        lines = p.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines):
+                    continue  # a kill mid-append
+                raise RunError(f"{p}:{n}: not a JSON line") from None
+            if not isinstance(rec, dict):
+                raise RunError(f"{p}:{n}: not a metrics record")
+            if rec.get("eval"):
+                evals.append(rec)
+            elif "train_loss" in rec and "step" in rec:
+                train.append(rec)
+        return train, evals
+
+    def best(self) -> dict:
+        p = self.path / "best.json"
+        return read_json(p, "best-checkpoint record") if p.is_file() else {}
+
+    # -- checkpoints
+    def _own(self, *rels: str) -> None:
+        man = Manifest.read(self.path) or _adopt_legacy_run(self.path) or Manifest(self.path, "run")
+        man.add(*rels)
+
+    def save_checkpoint(self, model, state: dict, step: int, keep: int = 1) -> None:
+        """Weights + training state at `step`, then latest.json; older pairs beyond `keep` go.
+        A failed write (a full disk) is a RunError, and latest.json still names the last good pair."""
+        import torch
+
+        w, s = f"ckpt/model-{step:07d}.safetensors", f"ckpt/state-{step:07d}.pt"
+        (self.path / "ckpt").mkdir(exist_ok=True)
+        self._own(w, s)
+        try:
+            save_weights(model, self.path / w, {"step": step})
+            atomic_write(self.path / s, writer=lambda f: torch.save(state, f))
+        except (RunError, RuntimeError) as e:  # torch's own writer reports a failed write as RuntimeError
+            for rel in (w, s):
+                (self.path / rel).unlink(missing_ok=True)
+            Manifest.read(self.path).discard(w, s)
+            raise e if isinstance(e, RunError) else RunError(
+                f"could not write {self.path / s}: {e}; the last checkpoint is unchanged") from None
+        atomic_write_json(self.path / "latest.json", {"step": step, "weights": w, "state": s})
+        pairs = sorted((self.path / "ckpt").glob("model-*.safetensors"))
+        gone = []
+        for old in pairs[:-keep] if keep > 0 else []:
+            st = old.with_name(old.name.replace("model-", "state-").replace(".safetensors", ".pt"))
+            old.unlink(missing_ok=True)
+            st.unlink(missing_ok=True)
+            gone += [f"ckpt/{old.name}", f"ckpt/{st.name}"]
+        Manifest.read(self.path).discard(*gone)
+
+    def save_best(self, model, step: int, ev: dict) -> None:
+        save_weights(model, self.path / "best.safetensors", {"step": step})
+        atomic_write_json(self.path / "best.json", {"step": step, **ev})
+
+    def latest(self) -> tuple[Path, Path, int]:
+        p = self.path / "latest.json"
+        if not p.exists():
+            raise CheckpointError(f"{self.path}: no checkpoint yet (latest.json missing)")
+        try:
+            meta = read_json(p, "checkpoint pointer")
+            return self.path / meta["weights"], self.path / meta["state"], int(meta["step"])
+        except (DataError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{p}: unreadable checkpoint pointer: {e}") from None
+
+    # -- loading a GPT
+    def load(self, device: str = "cpu", which: str = "best", quantize: str = "none") -> "LoadedRun":
+        """The GPT of this run in eval mode, with its tokenizer and config, all three checked
+        against each other: any mismatch or non-finite weight is a RunError naming the files.
+        quantize="int8" stores the Linear weights as int8 (tianci.quant): inference only."""
+        from .model import GPT
+
+        cfg = self.config()
+        if cfg.get("kind", "gpt") == "ngram":
+            raise RunError(f"{self.path} holds the counting model; this command needs a GPT run")
+        preset = self.preset(cfg)
+        tokenizer = self.tokenizer(cfg)
+        if preset.model.vocab_size != tokenizer.vocab_size:
+            raise RunError(f"{self.path / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but the model in "
+                           f"{self.path / 'config.json'} has vocab_size {preset.model.vocab_size}")
+        model = GPT(preset.model)
+        best = self.path / "best.safetensors"
+        path = best if which == "best" and best.exists() else self.latest()[0]
+        load_weights(model, path)
+        model.to(device).eval()
+        if quantize != "none":
+            from .quant import apply_quantization
+            apply_quantization(model, quantize)
+        return LoadedRun(model, tokenizer, preset, self.path, cfg)
+
+
+def _adopt_legacy_run(p: Path) -> Manifest | None:
+    """A run written before manifests existed: its config.json is a tianci run config, every top-level
+    entry is a run file, ckpt/ holds only checkpoint pairs. Then those files are tianci's; else None."""
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not (isinstance(cfg, dict) and cfg.get("kind") in KINDS and isinstance(cfg.get("preset"), dict)):
+        return None
+    names = {n.rstrip("/") for n in RUN_NAMES} | {"ckpt"}
+    owned = []
+    for e in p.iterdir():
+        if e.name.startswith(".") and e.name.endswith(".tmp"):
+            continue
+        if e.name not in names:
+            return None
+        if e.name == "ckpt":
+            for c in e.iterdir():
+                if not (c.name.startswith(("model-", "state-")) or c.name.endswith(".tmp")):
+                    return None
+                owned.append(f"ckpt/{c.name}")
+        else:
+            owned.append(e.name + ("/" if e.is_dir() else ""))
+    return Manifest(p, "run", owned + list(RUN_NAMES))
+
+
+@dataclass
+class LoadedRun:
+    model: object  # tianci.model.GPT, in eval mode
     tokenizer: object
-    preset: Preset
+    preset: object  # tianci.config.Preset
     run_dir: Path
-    meta: dict
+    meta: dict  # config.json
 
 
-def load_run(run_dir, device: str = "cpu", which: str = "best", quantize: str = "none") -> Run:
-    """Load a trained GPT run for sampling/serving: model (eval mode), tokenizer, config.
-    quantize="int8" stores the Linear weights as int8 (tianci.quant): faster decoding, inference only."""
-    from .model import GPT
-    from .tokenizer import load_tokenizer
+def load_run(run_dir, device: str = "cpu", which: str = "best", quantize: str = "none") -> LoadedRun:
+    """Load a trained GPT run for sampling/serving (see Run.load). A LoadedRun is passed through,
+    so callers that take "a run directory or a loaded run" need one line."""
+    if isinstance(run_dir, LoadedRun):
+        return run_dir
+    return Run(run_dir).load(device, which, quantize)
 
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    if cfg.get("kind") == "ngram":
-        raise CheckpointError(f"{run_dir} holds the counting model; this command needs a GPT run")
-    preset = from_dict(cfg["preset"])
-    tok_path = run_dir / "tokenizer.json"
-    if not tok_path.exists():
-        raise CheckpointError(f"{tok_path}: tokenizer missing from the run directory")
-    tokenizer = load_tokenizer(tok_path)
-    model = GPT(preset.model)
-    best = run_dir / "best.safetensors"
-    path = best if which == "best" and best.exists() else latest_paths(run_dir)[0]
-    load_weights(model, path)
-    model.to(device).eval()
-    if quantize != "none":
-        from .quant import apply_quantization
-        apply_quantization(model, quantize)
-    return Run(model, tokenizer, preset, run_dir, cfg)
+
+def read_config(run_dir) -> dict:
+    return Run(run_dir).config()
+
+
+def latest_paths(run_dir) -> tuple[Path, Path, int]:
+    return Run(run_dir).latest()
+
+
+def nats_per_char(nats_per_token: float, meta: dict, split: str) -> float:
+    """A loss per token as per character (a BPE token covers several characters; a char token one)."""
+    chars = meta.get(f"{split}_chars") or meta.get(f"{split}_tokens") or 1
+    return nats_per_token * meta.get(f"{split}_tokens", chars) / chars
+
+
+LN2 = math.log(2)

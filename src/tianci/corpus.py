@@ -21,21 +21,17 @@ import os
 import random
 import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TianciError
+from . import sources
+from .errors import DataError, TianciError
+from .files import MANIFEST, Manifest, Staging, atomic_write, salvage
 from .tokenizer import BPETokenizer, CharTokenizer
 
-UPSTREAM = "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/master"
 CI_FILES = [f"宋词/ci.song.{n}.json" for n in range(0, 22000, 1000)]
 NANTANG = "五代诗词/nantang/poetrys.json"
 OUTPUTS = ("ci.txt", "poems.jsonl", "train.bin", "val.bin", "tokenizer.json", "meta.json")
-OFFLINE_HINT = ("if you are offline, point --source (or the TIANCI_POETRY_SOURCE environment variable) "
-                "at a local copy of github.com/chinese-poetry/chinese-poetry: the folder holding 宋词/")
 
 
 @dataclass
@@ -60,10 +56,6 @@ class Corpus:
 
 # ----------------------------------------------------------------------------- reading poems
 
-def default_source() -> str:
-    return os.environ.get("TIANCI_POETRY_SOURCE") or UPSTREAM
-
-
 def _file_number(p: Path) -> int:
     m = re.search(r"\.(\d+)\.json$", p.name)
     return int(m.group(1)) if m else -1
@@ -72,11 +64,11 @@ def _file_number(p: Path) -> int:
 def poem_files(root: Path) -> list[Path]:
     """The ci files of a local chinese-poetry copy, numerically sorted, then 南唐 (if present)."""
     if not root.is_dir():
-        raise TianciError(f"poetry source {root} is not a directory; {OFFLINE_HINT}")
+        raise DataError(f"poetry source {root} is not a directory; {sources.hint('poetry')}")
     files = sorted((root / "宋词").glob("ci.song.*.json"), key=_file_number)
     if not files:
-        raise TianciError(f"poetry source {root} has no 宋词/ci.song.<N>.json files; {OFFLINE_HINT}")
-    return files + ([root / NANTANG] if (root / NANTANG).is_file() else [])
+        raise DataError(f"poetry source {root} has no 宋词/ci.song.<N>.json files; {sources.hint('poetry')}")
+    return files + ([root / NANTANG] if (root / NANTANG).exists() else [])
 
 
 def _locate_syntax_error(text: str) -> tuple[int, json.JSONDecodeError | str] | None:
@@ -104,30 +96,34 @@ def read_poem_file(path: Path, skipped: list[str] | None = None) -> list[Poem]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise TianciError(f"poem file {path} does not exist") from None
+        raise DataError(f"poem file {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"poem file {path} is a directory, not a JSON file") from None
     except UnicodeDecodeError as e:
-        raise TianciError(f"poem file {path} is not UTF-8 (byte {e.start})") from None
+        raise DataError(f"poem file {path} is not UTF-8 (byte {e.start})") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a list of poems") from None
     except json.JSONDecodeError as e:
         where = _locate_syntax_error(text)
         if where is None:
-            raise TianciError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+            raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         k, err = where
         detail = err if isinstance(err, str) else f"{err.msg} at line {err.lineno} column {err.colno}"
-        raise TianciError(f"{path}: malformed JSON in poem index {k}: {detail}") from None
+        raise DataError(f"{path}: malformed JSON in poem index {k}: {detail}") from None
     if not isinstance(data, list):
-        raise TianciError(f"{path}: expected a JSON array of poems, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a JSON array of poems, got {type(data).__name__}")
     poems = []
     for k, d in enumerate(data):
         if not isinstance(d, dict):
-            raise TianciError(f"{path}: poem index {k} is a {type(d).__name__}, expected an object")
+            raise DataError(f"{path}: poem index {k} is a {type(d).__name__}, expected an object")
         for key in ("rhythmic", "author"):
             if not isinstance(d.get(key), str):
-                raise TianciError(f"{path}: poem index {k} has no string field {key!r}")
+                raise DataError(f"{path}: poem index {k} has no string field {key!r}")
         pars = d.get("paragraphs")
         if not isinstance(pars, list) or not all(isinstance(s, str) for s in pars):
-            raise TianciError(f"{path}: poem index {k}: 'paragraphs' must be a list of strings")
+            raise DataError(f"{path}: poem index {k}: 'paragraphs' must be a list of strings")
         # One line per paragraph, no blank lines inside a poem (blank lines separate poems).
         lines = [ln.strip() for s in pars for ln in s.splitlines() if ln.strip()]
         if not lines:
@@ -139,53 +135,19 @@ def read_poem_file(path: Path, skipped: list[str] | None = None) -> list[Poem]:
     return poems
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tianci" / "chinese-poetry"
-
-
-def download(base_url: str, dest: Path, progress: bool = True, retries: int = 3) -> Path:
-    """Fetch the ci files from `base_url` (the upstream raw GitHub URL) into `dest` once."""
-    from tqdm import tqdm
-
-    for rel in tqdm(CI_FILES + [NANTANG], desc="downloading chinese-poetry", unit="file",
-                    disable=not progress):
-        target = dest / rel
-        if target.is_file():
-            continue
-        url = f"{base_url.rstrip('/')}/{urllib.parse.quote(rel)}"
-        for attempt in range(retries):
-            try:
-                with urllib.request.urlopen(url, timeout=30) as r:
-                    body = r.read()
-                break
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                if attempt == retries - 1:
-                    raise TianciError(f"could not download {url} ({getattr(e, 'reason', e)}); "
-                                      f"{OFFLINE_HINT}") from None
-                time.sleep(2 ** attempt)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(body)
-        os.replace(tmp, target)  # never leave a half-written file in the cache
-    return dest
-
-
 def load_poems(source: str | os.PathLike | None = None, *, skipped: list[str] | None = None,
                progress: bool = False) -> list[Poem]:
     """All poems: 宋词 (ci.song.0 ... ci.song.21000) then 南唐 (45 poems).
 
-    `source`: a local chinese-poetry directory or an http(s) base URL; default TIANCI_POETRY_SOURCE,
-    else the upstream GitHub raw URL (downloaded once into ~/.cache/tianci). Poems without any
-    paragraph are skipped and described in `skipped`."""
-    source = str(source) if source is not None else default_source()
-    if re.match(r"https?://", source):
-        root = download(source, _cache_dir(), progress=progress)
-    else:
-        root = Path(source).expanduser()
+    `source`: a local chinese-poetry directory or an http(s) base URL; default: see tianci.sources
+    (flag, TIANCI_POETRY_SOURCE, the remembered source, the upstream URL, downloaded once into the
+    cache). Poems without any paragraph are skipped and described in `skipped`."""
+    root, src, how = sources.local_tree("poetry", CI_FILES + [NANTANG], source, progress=progress)
     poems = []
     for f in poem_files(root):
         poems.extend(read_poem_file(f, skipped))
+    if how in ("flag", "env"):
+        sources.remember("poetry", src)
     return poems
 
 
@@ -196,11 +158,11 @@ def load_texts(paths) -> list[str]:
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise TianciError(f"text file {p} does not exist") from None
+            raise DataError(f"text file {p} does not exist") from None
         except IsADirectoryError:
-            raise TianciError(f"text file {p} is a directory") from None
+            raise DataError(f"text file {p} is a directory") from None
         except UnicodeDecodeError as e:
-            raise TianciError(f"text file {p} is not UTF-8 (byte {e.start})") from None
+            raise DataError(f"text file {p} is not UTF-8 (byte {e.start})") from None
         text = text.replace("\r\n", "\n").replace("\r", "\n")
         docs.extend(d.strip("\n") for d in re.split(r"\n[ \t]*\n", text) if d.strip())
     return docs
@@ -221,27 +183,52 @@ def split_poems(n: int, val_fraction: float, seed: int) -> list[bool]:
     return is_val
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool) -> None:
+    """May `prepare` write the data directory `out`? Yes when it is absent, empty or a tianci data
+    directory; a folder of someone else's files only with force, and never over a file of theirs."""
     if out.exists() and not out.is_dir():
-        raise TianciError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").exists() and not force:
-        raise TianciError(f"--out {out} is not empty and is not a tianci data directory (no meta.json); "
-                          "choose a new directory or pass --force (only tianci's own files are written)")
-    out.mkdir(parents=True, exist_ok=True)
+        raise DataError(f"--out {out} exists and is not a directory")
+    salvage(out)  # finish or undo a killed prepare first
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    man = Manifest.read(out) or _adopt_legacy_data(out)
+    if man is not None and man.kind == "data":
+        if Manifest.read(out) is None:
+            man.save()  # a data dir from a tianci without manifests: these are its files
+        return
+    if man is not None:
+        raise DataError(f"--out {out} is a tianci {man.kind} directory, not a data directory; choose another --out")
+    if not force:
+        raise DataError(f"--out {out} is not empty and is not a tianci data directory; choose a new directory, "
+                        "or pass --force to add tianci's files beside the ones there (none is changed)")
+    clash = [n for n in (*OUTPUTS, MANIFEST) if (out / n).exists()]
+    if clash:
+        raise DataError(f"--out {out} holds files tianci would overwrite ({', '.join(clash)}) and did not write; "
+                        "tianci never overwrites them, with or without --force: choose another --out")
 
 
-def _write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _adopt_legacy_data(out: Path) -> Manifest | None:
+    """A data directory prepared before manifests existed: only tianci's file names, and a meta.json
+    that is tianci's. Then those files are tianci's; else None."""
+    names = [p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if not names or any(n not in OUTPUTS for n in names) or "meta.json" not in names:
+        return None
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not (isinstance(meta, dict) and {"vocab_size", "dtype", "train_tokens", "val_tokens"} <= set(meta)):
+        return None
+    return Manifest(out, "data", names)
 
 
 def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 8192, split: str = "poem",
-          val_fraction: float = 0.1, seed: int = 1337, force: bool = False, progress: bool = False) -> dict:
-    """Tokenize and split `corpus`, write the data directory `out`, return meta (also in meta.json)."""
+          val_fraction: float = 0.1, seed: int = 1337, force: bool = False, progress: bool = False,
+          extra_meta: dict | None = None) -> dict:
+    """Tokenize and split `corpus`, write the data directory `out`, return meta (also in meta.json).
+
+    The files are built in a folder beside `out` and swapped in whole (files.Staging): a kill leaves
+    the old data set or the new one. Files in `out` that tianci did not write are kept."""
     if not corpus.docs:
         raise TianciError(f"the corpus from {corpus.source} is empty: no poems/documents to train on")
     if not 0 < val_fraction < 1:
@@ -253,7 +240,7 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
     import numpy as np  # only here: reading a meta.json (the counting model) stays numpy-free
 
     out = Path(out)
-    _prepare_out(out, force)
+    _check_out(out, force)
     t0 = time.time()
     chunks = [d + "\n\n" for d in corpus.docs]
     text = "".join(chunks)
@@ -299,8 +286,20 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
         "split": split,
         "val_fraction": val_fraction,
         "seed": seed,
+        "tokenizer_fingerprint": tok.fingerprint(),
+        **(extra_meta or {}),
     }
-    _write(out / "ci.txt", text)
+    stage = Staging(out, "data")
+    with stage as tmp:
+        _write_set(tmp, text, corpus, is_val, tok, np.dtype(dtype), train_ids, val_ids, meta, t0)
+        stage.owned = sorted(p.name for p in tmp.iterdir() if p.name in OUTPUTS)
+    return meta
+
+
+def _write_set(d: Path, text, corpus, is_val, tok, dtype, train_ids, val_ids, meta, t0) -> None:
+    import numpy as np
+
+    atomic_write(d / "ci.txt", text)
     if corpus.poems is not None:
         rows = []
         for p, v in zip(corpus.poems, is_val):
@@ -309,27 +308,59 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
                 row["title"] = p.title
             row["split"] = "val" if v else "train"
             rows.append(json.dumps(row, ensure_ascii=False))
-        _write(out / "poems.jsonl", "\n".join(rows) + "\n")
-    elif (out / "poems.jsonl").exists():
-        (out / "poems.jsonl").unlink()  # stale, from an earlier poetry build into this directory
-    le = np.dtype(dtype).newbyteorder("<")  # nanoGPT's files are little-endian on every machine
-    _write(out / "train.bin", np.asarray(train_ids, dtype=le).tobytes())
-    _write(out / "val.bin", np.asarray(val_ids, dtype=le).tobytes())
-    tmp = out / ".tokenizer.json.tmp"
-    tok.save(tmp)
-    os.replace(tmp, out / "tokenizer.json")
+        atomic_write(d / "poems.jsonl", "\n".join(rows) + "\n")
+    le = dtype.newbyteorder("<")  # nanoGPT's files are little-endian on every machine
+    atomic_write(d / "train.bin", np.asarray(train_ids, dtype=le).tobytes())
+    atomic_write(d / "val.bin", np.asarray(val_ids, dtype=le).tobytes())
+    tok.save(d / "tokenizer.json")
     meta["seconds"] = round(time.time() - t0, 3)
-    _write(out / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
-    return meta
+    atomic_write(d / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+
+
+class DataDir:
+    """A prepared data directory: the one reader of what `tianci prepare` wrote (build() writes it)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def meta(self) -> dict:
+        """meta.json, checked against the token files beside it (a data set mixed from two builds,
+        or a token file changed by hand, is a DataError, not an IndexError later)."""
+        from .files import read_json
+
+        path = self.path / "meta.json"
+        if not path.is_file():
+            raise DataError(f"{self.path} is not a prepared data directory (no meta.json): run `tianci prepare "
+                            f"--out {self.path}` first")
+        meta = read_json(path, "data meta")
+        need = ("vocab_size", "dtype", "train_tokens", "val_tokens")
+        if not isinstance(meta, dict) or any(k not in meta for k in need):
+            raise DataError(f"{path} is not a tianci data meta.json (it needs {', '.join(need)})")
+        size = {"uint16": 2, "uint32": 4}.get(meta["dtype"])
+        if size is None:
+            raise DataError(f"{path}: dtype {meta['dtype']!r} is not allowed: expected uint16|uint32")
+        for split in ("train", "val"):
+            b = self.path / f"{split}.bin"
+            if b.is_file() and b.stat().st_size != int(meta[f"{split}_tokens"]) * size:
+                raise DataError(f"{b} holds {b.stat().st_size // size:,} tokens but {path} says "
+                                f"{int(meta[f'{split}_tokens']):,}: the files are from different builds; "
+                                f"re-run `tianci prepare --out {self.path}`")
+        return meta
+
+    def tokenizer(self):
+        """tokenizer.json, checked against meta.json (vocab size and fingerprint)."""
+        from .tokenizer import load_tokenizer
+
+        meta = self.meta()
+        tok = load_tokenizer(self.path / "tokenizer.json")
+        fp = meta.get("tokenizer_fingerprint")
+        if tok.vocab_size != int(meta["vocab_size"]) or (fp and fp != tok.fingerprint()):
+            raise DataError(f"{self.path / 'tokenizer.json'} does not match {self.path / 'meta.json'} "
+                            f"(vocab {tok.vocab_size} vs {meta['vocab_size']}): re-run `tianci prepare --out "
+                            f"{self.path}`")
+        return tok
 
 
 def read_meta(data_dir) -> dict:
-    """meta.json of a data directory, with a clear error when it is missing."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise TianciError(f"{data_dir} is not a prepared data directory (no meta.json): run `tianci prepare "
-                          f"--out {data_dir}` first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TianciError(f"{path} is not valid JSON: {e}") from None
+    """meta.json of a data directory (see DataDir.meta)."""
+    return DataDir(data_dir).meta()

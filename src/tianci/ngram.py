@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from array import array
@@ -219,7 +218,8 @@ class NGram:
                            for grams in self.grams]}
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), separators=(",", ":")), encoding="utf-8")
+        from .files import atomic_write
+        atomic_write(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
     def load(cls, path) -> "NGram":
@@ -267,58 +267,54 @@ def read_bin(path, dtype: str = "uint16") -> array:
 
 
 def train_run(preset, data_dir, out_dir, force: bool = False, quiet: bool = False) -> dict:
-    """Fit the counting model of `preset` on data_dir/train.bin, measure it, write the run dir."""
+    """Fit the counting model of `preset` on data_dir/train.bin, measure it, write the run dir
+    (through checkpoint.Run, as every run). Losses are nats per character, as the GPT's, with
+    nats per token beside them when tokens are not characters."""
+    from .checkpoint import Run, nats_per_char
     from .config import to_dict
-    from .corpus import read_meta
+    from .corpus import DataDir
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    meta = read_meta(data_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise TianciError(f"run directory {out_dir} exists and is not empty; pass --force to overwrite it")
+    data = DataDir(data_dir)
+    meta = data.meta()
     cfg = preset.ngram.validate()
+    run = Run.create(out_dir, force=force)
     t0 = time.time()
-    train = read_bin(data_dir / "train.bin", meta["dtype"])
-    val = read_bin(data_dir / "val.bin", meta["dtype"])
+    train = read_bin(data.path / "train.bin", meta["dtype"])
+    val = read_bin(data.path / "val.bin", meta["dtype"])
     model = NGram(cfg.order, int(meta["vocab_size"]), cfg.add_k).fit(train)
     fit_s = time.time() - t0
-    train_loss, val_loss = model.loss(train, fitted=True), model.loss(val)
+    per_token = {"train": model.loss(train, fitted=True), "val": model.loss(val)}
     elapsed = time.time() - t0
-
-    def per_char(nats_per_token: float, split: str) -> float:  # tokens/char differs for BPE
-        return nats_per_token * meta[f"{split}_tokens"] / meta[f"{split}_chars"]
-
-    result = {"step": 0, "train_loss": train_loss, "val_loss": val_loss,
-              "train_nats_per_char": per_char(train_loss, "train"),
-              "val_nats_per_char": per_char(val_loss, "val"),
-              "train_bits_per_char": per_char(train_loss, "train") / LN2,
-              "val_bits_per_char": per_char(val_loss, "val") / LN2,
-              "val_bits": val_loss / LN2, "fit_time": fit_s, "time": elapsed}
-    if out_dir.is_dir() and force:
-        for name in ("config.json", "tokenizer.json", "ngram.json", "metrics.jsonl"):
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"kind": "ngram", "preset": to_dict(preset), "data": {**meta, "dir": str(data_dir)}}
-    (out_dir / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    shutil.copyfile(data_dir / "tokenizer.json", out_dir / "tokenizer.json")
-    model.save(out_dir / "ngram.json")
-    (out_dir / "metrics.jsonl").write_text(json.dumps(result) + "\n", encoding="utf-8")
+    result = {"step": 0, "eval": True, "time": round(elapsed, 3), "tokens": len(train), "fit_time": fit_s}
+    for split, nats in per_token.items():
+        result[f"{split}_loss"] = nats_per_char(nats, meta, split)
+        result[f"{split}_bpc"] = result[f"{split}_loss"] / LN2
+        if meta.get(f"{split}_chars") and meta[f"{split}_chars"] != meta[f"{split}_tokens"]:
+            result[f"{split}_loss_per_token"] = nats
+    run.begin("ngram", to_dict(preset), data.path)
+    model.save(run.path / "ngram.json")
+    run.write_metrics([result])
     if not quiet:
         print(f"{preset.name}: order-{cfg.order} n-gram on {len(train):,} tokens in {fit_s:.1f}s  "
-              f"train {train_loss:.4f}  val {val_loss:.4f} nats/token  "
-              f"val {result['val_bits_per_char']:.3f} bits/char  -> {out_dir}")
+              f"train {result['train_loss']:.4f}  val {result['val_loss']:.4f} nats/char  "
+              f"val {result['val_bpc']:.3f} bits/char  -> {run.path}")
     return result
 
 
 def sample_run(run_dir, prompt: str = "", max_new_tokens: int = 100, temperature: float = 1.0,
                seed: int | None = None, num_samples: int = 1) -> list[str]:
     """Texts (prompt + continuation) sampled from a counting-model run directory."""
-    from .tokenizer import load_tokenizer
+    from .checkpoint import Run
+    from .errors import RunError
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "ngram.json").is_file():
-        raise TianciError(f"{run_dir} is not a counting-model run (no ngram.json)")
-    tok = load_tokenizer(run_dir / "tokenizer.json")
-    model = NGram.load(run_dir / "ngram.json")
+    run = Run(run_dir)
+    if not (run.path / "ngram.json").is_file():
+        raise RunError(f"{run.path} is not a counting-model run (no ngram.json)")
+    tok = run.tokenizer()
+    model = NGram.load(run.path / "ngram.json")
+    if model.vocab_size != tok.vocab_size:
+        raise RunError(f"{run.path / 'ngram.json'} counts {model.vocab_size} tokens but "
+                       f"{run.path / 'tokenizer.json'} has {tok.vocab_size}: they are from different runs")
     ids = tok.encode(prompt)  # strict: an unknown character is named, not dropped
     # No prompt: start as if a poem had just ended, so the model writes a title line first.
     ctx = ids if ids else tok.encode("\n\n", errors="skip")

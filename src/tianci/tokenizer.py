@@ -18,11 +18,12 @@ and only emits whole characters.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import warnings
 from pathlib import Path
 
-from .errors import TianciError
+from .errors import DataError, TianciError
 
 
 class UnknownCharError(TianciError, ValueError):
@@ -96,11 +97,15 @@ class CharTokenizer:
     def token_bytes(self, i: int) -> bytes:
         return self.token_text(i).encode("utf-8")
 
+    def fingerprint(self) -> str:
+        return _fingerprint(self.chars)
+
     def to_dict(self) -> dict:
         return {"kind": "char", "chars": self.chars}
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        from .files import atomic_write
+        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -181,8 +186,21 @@ class BPETokenizer:
         except KeyError:  # an added/special token: stored as plain text
             return tok.encode("utf-8")
 
+    def fingerprint(self) -> str:
+        vocab = self.hf.get_vocab(with_added_tokens=True)
+        return _fingerprint(sorted(vocab, key=vocab.__getitem__))
+
     def save(self, path) -> None:
-        self.hf.save(str(path))
+        from .files import atomic_write
+        atomic_write(path, self.hf.to_str(pretty=True))
+
+
+def _fingerprint(tokens) -> str:
+    """A hash of the vocabulary in id order: a foreign tokenizer, or the same tokens shuffled, differ."""
+    h = hashlib.sha256()
+    for t in tokens:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return "sha256:" + h.hexdigest()[:32]
 
 
 def _is_byte_level(hf) -> bool:
@@ -192,26 +210,38 @@ def _is_byte_level(hf) -> bool:
 
 
 def load_tokenizer(path):
-    """Read a tokenizer.json: tianci's char table ({"kind": "char", ...}) or a HF tokenizer."""
+    """Read a tokenizer.json: tianci's char table ({"kind": "char", ...}) or a HF tokenizer.
+    Every way the file can be unusable is a DataError that names it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise TianciError(f"tokenizer file {path} does not exist (run `tianci prepare` first)") from None
+        raise DataError(f"tokenizer file {path} does not exist (run `tianci prepare` first)") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        why = "is a directory" if isinstance(e, IsADirectoryError) else "is not UTF-8"
+        raise DataError(f"tokenizer file {path} {why}") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
-        raise TianciError(f"tokenizer file {path} is not valid JSON: {e}") from None
+        raise DataError(f"tokenizer file {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DataError(f"tokenizer file {path} is nested too deeply to be a tokenizer") from None
     if isinstance(d, dict) and d.get("kind") == "char":
-        return CharTokenizer(d.get("chars", []))
+        chars = d.get("chars")
+        if not isinstance(chars, list):
+            raise DataError(f"tokenizer file {path}: 'chars' must be a list of characters")
+        try:
+            return CharTokenizer(chars)
+        except TianciError as e:
+            raise DataError(f"tokenizer file {path}: {e}") from None
     if isinstance(d, dict) and "model" in d:
         from tokenizers import Tokenizer
         try:
             return BPETokenizer(Tokenizer.from_str(text))
         except Exception as e:  # tokenizers raises a bare Exception on a bad file
-            raise TianciError(f"tokenizer file {path} is not a valid Hugging Face tokenizer: {e}") from None
-    raise TianciError(f"tokenizer file {path}: neither a char tokenizer ({{\"kind\": \"char\"}}) "
-                      "nor a Hugging Face tokenizer.json")
+            raise DataError(f"tokenizer file {path} is not a valid Hugging Face tokenizer: {e}") from None
+    raise DataError(f"tokenizer file {path}: neither a char tokenizer ({{\"kind\": \"char\"}}) "
+                    "nor a Hugging Face tokenizer.json")
 
 
 class StreamDecoder:

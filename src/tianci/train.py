@@ -192,7 +192,7 @@ class Trainer:
         }
 
     def _load_state(self) -> None:
-        wpath, spath, _ = ck.latest_paths(self.run_dir)
+        wpath, spath, _ = ck.Run(self.run_dir).latest()
         ck.load_weights(self.model, wpath)
         st = ck.load_state(spath)
         try:
@@ -226,7 +226,7 @@ class Trainer:
                         self.evaluated_at = self.step  # fit() need not evaluate this step again
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-        ck.atomic_write_bytes(p, "".join(x + "\n" for x in keep).encode("utf-8"))
+        ck.Run(self.run_dir).write_metrics([json.loads(x) for x in keep])
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -248,14 +248,13 @@ class Trainer:
     def _log(self, rec: dict) -> None:
         if not self.master:
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        ck.Run(self.run_dir).append_metrics(rec)
         if self.tracker is not None:
             self.tracker.log(rec)
 
     def _checkpoint(self) -> None:
         if self.master:
-            ck.save_checkpoint(self.run_dir, self.model, self._state(), self.step)
+            ck.Run(self.run_dir).save_checkpoint(self.model, self._state(), self.step)
 
     def fit(self) -> dict:
         from .trackers import make_tracker
@@ -286,8 +285,7 @@ class Trainer:
                                "tokens": self.tokens, **{k: round(v, 5) for k, v in ev.items()}})
                     if self.master and ev["val_loss"] < self.best_val:
                         self.best_val = ev["val_loss"]
-                        ck.save_weights(model, self.run_dir / "best.safetensors", {"step": self.step})
-                        ck.atomic_write_json(self.run_dir / "best.json", {"step": self.step, **ev})
+                        ck.Run(self.run_dir).save_best(model, self.step, ev)
                     if bar is not None:
                         bar.write(f"step {self.step:>6}: train {ev['train_loss']:.4f}  val {ev['val_loss']:.4f} "
                                   f"nats/char ({ev['val_bpc']:.3f} bits/char)")
@@ -351,19 +349,16 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
     if preset.kind == "ngram":
         from .ngram import train_run
         return train_run(preset, data_dir, out_dir, force=force)
-    if not resume and rank == 0:
-        ck.prepare_run_dir(out_dir, force)
+    if rank == 0 and resume:
+        ck.Run.resume(out_dir)  # cleans a killed writer's temp files
+    elif rank == 0:
+        ck.Run.create(out_dir, force=force)
     preset.model.vocab_size = int(meta["vocab_size"])
     if rank == 0:
         if not quiet:
             print(f"tianci train: {preset.name} -> {out_dir}\n{format_config(preset)}", file=sys.stderr)
         if not resume:
-            ck.atomic_write_json(out_dir / "config.json", {
-                "kind": "gpt", "preset": to_dict(preset), "data": {**meta, "dir": str(data_dir)}})
-            src_tok = data_dir / "tokenizer.json"
-            if not src_tok.exists():
-                raise TianciError(f"{src_tok}: tokenizer missing from the data directory")
-            ck.atomic_write_bytes(out_dir / "tokenizer.json", src_tok.read_bytes())
+            ck.Run(out_dir).begin("gpt", to_dict(preset), data_dir)
     if ddp_info()[2] > 1:
         import torch.distributed as dist
         if not dist.is_initialized():

@@ -3,7 +3,8 @@
 Here: the 词谱 index and its lazy per-tune variant files, name resolution (aliases, variant characters,
 pinyin, suggestions) and the choice of variant; the shape of a form itself is in `tianci.ci.form`.
 
-Sources: a local ci_pu directory (env TIANCI_CIPU_SOURCE) or the upstream raw URLs."""
+Sources: the `cipu` source of tianci.sources (--cipu-source, TIANCI_CIPU_SOURCE, the remembered source
+or the upstream URL, cached after the first download)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .corpus_stats import CorpusStats, infer_form_marks
+from .. import sources
 from ..errors import DataError, NotFoundError, ParameterError, TianciError
 # the form's shape lives in .form; re-exported here, where callers have always found it
 from .form import (Cell, CellKind, Form, Variant, allowed_marks, parse_variant, render,  # noqa: F401
                    rhyme_group_count)
-from .tones import Phonology, is_han, read_json
+from .tones import Phonology, is_han
 
-UPSTREAM = "https://raw.githubusercontent.com/hulbji/couyun/HEAD/ci_pu"
-ENV = "TIANCI_CIPU_SOURCE"
 
 
 # Corpus titles that spell a 词谱 name with a variant character (一翦梅 / 一剪梅, 六么令 / 六幺令,
@@ -84,8 +84,8 @@ class CiPu:
     @classmethod
     def load(cls, source: str | os.PathLike | None = None, corpus: CorpusStats | None = None,
              phon: Phonology | None = None) -> "CiPu":
-        src = str(source or os.environ.get(ENV) or UPSTREAM)
-        index = read_json(src, "ci_index.json", "词谱 index", ENV)
+        src = sources.resolve("cipu", source)[0]
+        index = sources.read_json("cipu", "ci_index.json", src, "词谱 index")
         if not isinstance(index, list) or not index:
             raise TianciError(f"{src}/ci_index.json is not a list of 词牌 entries")
         return cls(index, src, corpus, phon)
@@ -108,7 +108,7 @@ class CiPu:
         if ent.idx is None:
             return []
         if ent.idx not in self._variants:
-            data = read_json(self.source, f"ci_list/cipai_{ent.idx}.json", "词谱 pattern", ENV)
+            data = sources.read_json("cipu", f"ci_list/cipai_{ent.idx}.json", self.source, "词谱 pattern")
             vs = []
             for i, v in enumerate(data):
                 try:

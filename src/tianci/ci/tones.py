@@ -17,20 +17,18 @@ Which source decides, and why:
 Polyphonic characters ("多", 看, 重, 中 ...) keep every reading: they fit a slot if any reading fits.
 A character no source knows fits only 中 (either-tone) slots.
 
-The data come from a local directory (env TIANCI_RHYME_SOURCE) or the upstream raw URLs."""
+The tables come from the `rhyme` source of tianci.sources (--rhyme-source, TIANCI_RHYME_SOURCE, the
+remembered source or the upstream URL, cached after the first download)."""
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
+from .. import sources
 from ..errors import TianciError
 
-UPSTREAM = "https://raw.githubusercontent.com/charlesix59/chinese_word_rhyme/HEAD/data"
 BU_NAMES = ["第一部", "第二部", "第三部", "第四部", "第五部", "第六部", "第七部", "第八部", "第九部",
             "第十部", "第十一部", "第十二部", "第十三部", "第十四部", "第十五部", "第十六部",
             "第十七部", "第十八部", "第十九部"]
@@ -46,19 +44,6 @@ def is_han(ch: str) -> bool:
             or 0x20000 <= o <= 0x3134F)
 
 
-def read_json(source: str | os.PathLike, name: str, what: str, env: str):
-    """Read `name` from a local directory or from a URL prefix; a TianciError names both on failure."""
-    src = str(source)
-    try:
-        if src.startswith(("http://", "https://")):
-            with urllib.request.urlopen(f"{src.rstrip('/')}/{name}", timeout=30) as r:
-                return json.loads(r.read().decode("utf-8"))
-        return json.loads((Path(src) / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TianciError(f"cannot read {what} file {name!r} from {src!r} ({e}); set {env} to a "
-                          f"local copy of the directory holding it") from e
-
-
 @dataclass
 class Phonology:
     """readings[ch] = set of (tone 平|仄, 部 1..19 or 0 when the source gives no rhyme group)."""
@@ -68,11 +53,9 @@ class Phonology:
 
     @classmethod
     def load(cls, source: str | os.PathLike | None = None, use_pypinyin: bool = True) -> "Phonology":
-        sources = [source] if source else ([os.environ["TIANCI_RHYME_SOURCE"]]
-                                           if os.environ.get("TIANCI_RHYME_SOURCE") else [UPSTREAM])
-        cilin = read_json(sources[0], "Cilin_Rhyme.json", "rhyme table", "TIANCI_RHYME_SOURCE")
+        cilin = sources.read_json("rhyme", "Cilin_Rhyme.json", source)
         try:
-            tunes = read_json(sources[0], "Word_Tune.json", "tone table", "TIANCI_RHYME_SOURCE")
+            tunes = sources.read_json("rhyme", "Word_Tune.json", source)
         except TianciError:
             tunes = {}  # optional: the 词林正韵 alone still decides most characters
         return cls.from_tables(cilin, tunes, use_pypinyin)
@@ -136,7 +119,7 @@ _LOADED: dict[str, Phonology] = {}
 
 def load_phonology(source: str | os.PathLike | None = None) -> Phonology:
     """Cached per source (the tables take ~50 ms to parse)."""
-    key = str(source or os.environ.get("TIANCI_RHYME_SOURCE") or UPSTREAM)
+    key = sources.resolve("rhyme", source)[0]
     if key not in _LOADED:
         _LOADED[key] = Phonology.load(source)
     return _LOADED[key]

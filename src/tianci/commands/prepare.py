@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 import time
 
-from ..corpus import Corpus, build, default_source, load_poems, load_texts
+from ..corpus import Corpus, build, load_poems, load_texts
 
 
 def add_arguments(p) -> None:
     p.add_argument("--source", default=None,
-                   help="local chinese-poetry directory or base URL (default: $TIANCI_POETRY_SOURCE, "
-                        "else the upstream GitHub raw files)")
+                   help="local chinese-poetry directory or base URL (default: $TIANCI_POETRY_SOURCE, else the "
+                        "source given last time, else the upstream GitHub raw files, downloaded once)")
     p.add_argument("--text", nargs="+", metavar="FILE", default=None,
                    help="use these UTF-8 text files as the corpus instead (documents = blank-line blocks)")
     p.add_argument("--out", default="data/ci", help="data directory to write (default data/ci)")
@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--force", action="store_true",
-                   help="write into a non-empty directory that is not a tianci data directory")
+                   help="add tianci's files to a non-empty folder that is not a tianci data directory "
+                        "(never over a file tianci did not write)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -32,9 +33,11 @@ def run(args) -> int:
     if args.text:
         corpus = Corpus(docs=load_texts(args.text), source=" ".join(args.text))
     else:
-        source = args.source or default_source()
+        from ..sources import resolve
+
+        source = resolve("poetry", args.source)[0]
         skipped: list[str] = []
-        poems = load_poems(source, skipped=skipped, progress=not args.quiet)
+        poems = load_poems(args.source, skipped=skipped, progress=not args.quiet)
         corpus = Corpus([p.text() for p in poems], source, poems, skipped)
         for s in skipped[:10]:
             print(f"skipped {s}", file=sys.stderr)

@@ -12,7 +12,6 @@ trainer restores the step, the elapsed time and the RNGs, so the budget is not p
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from ..config import Preset, load_preset, to_dict, validate
 from ..errors import TianciError
+from ..files import atomic_write, atomic_write_json, read_json
 
 LN2 = math.log(2)
 RUNGS = ("counting", "bigram", "position", "attention", "multihead", "feedforward", "blocks",
@@ -86,14 +86,14 @@ def _sample_gpt(run_dir: Path, opts: LadderOptions) -> str:
 
 
 def _gpt_row(preset: Preset, run_dir: Path, result: dict) -> dict:
-    from ..checkpoint import load_run
-    from .plot import read_metrics
+    from ..checkpoint import Run
 
-    train, evals = read_metrics(run_dir)
+    r = Run(run_dir)
+    train, evals = r.metrics()
     tps = [r["tok_per_s"] for r in train if r.get("tok_per_s")]
-    best = json.loads((run_dir / "best.json").read_text(encoding="utf-8")) if (run_dir / "best.json").exists() else {}
+    best = r.best()
     last = evals[-1] if evals else {}
-    run = load_run(run_dir, which="best")
+    run = r.load(which="best")
     return {
         "params": run.model.num_params(non_embedding=False),
         "steps": result.get("step", last.get("step", 0)),
@@ -117,8 +117,8 @@ def _ngram_row(run_dir: Path, result: dict, meta: dict) -> dict:
         "steps": 0,
         "tokens": meta["train_tokens"],
         "time": result.get("time", 0.0),
-        "train_loss": result["train_nats_per_char"],
-        "val_loss": result["val_nats_per_char"],
+        "train_loss": result["train_loss"],  # nats per character, as every run's metrics
+        "val_loss": result["val_loss"],
         "best_step": None,
         "tok_per_s": meta["train_tokens"] / max(result.get("fit_time", 0.0), 1e-9),
     }
@@ -126,14 +126,15 @@ def _ngram_row(run_dir: Path, result: dict, meta: dict) -> dict:
 
 def run_rung(name: str, preset: Preset, data_dir: Path, opts: LadderOptions, label: str | None = None) -> dict:
     """Train one rung (or skip it if a finished result with the same settings exists)."""
-    from ..train import read_meta, train
+    from ..corpus import read_meta
+    from ..train import train
 
     label = label or name
     out = Path(opts.out)
     run_dir, res_path = out / "runs" / label, out / "rungs" / f"{label}.json"
     fp = _fingerprint(preset, data_dir, opts)
     if res_path.exists() and not opts.force:
-        row = json.loads(res_path.read_text(encoding="utf-8"))
+        row = read_json(res_path, "ladder rung result")
         if row.get("fingerprint") == fp:
             row["skipped"] = True
             return row
@@ -158,16 +159,16 @@ def run_rung(name: str, preset: Preset, data_dir: Path, opts: LadderOptions, lab
                train_bpc=row["train_loss"] / LN2, val_bpc=row["val_loss"] / LN2, run_dir=str(run_dir),
                fingerprint=fp, skipped=False)
     res_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = res_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, res_path)  # written last: its presence means the rung is finished
+    atomic_write_json(res_path, row)  # written last: its presence means the rung is finished
     return row
 
 
 def _same_config(run_dir: Path, preset: Preset) -> bool:
+    from ..checkpoint import Run
+
     try:
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["preset"]
-    except (OSError, KeyError, json.JSONDecodeError):
+        saved = Run(run_dir).config()["preset"]
+    except TianciError:
         return False
     want = to_dict(preset)
     saved["model"]["vocab_size"] = want["model"]["vocab_size"] = 0
@@ -178,13 +179,12 @@ def _same_config(run_dir: Path, preset: Preset) -> bool:
 
 def bpe_data(data_dir: Path, vocab_size: int, out: Path) -> Path:
     """A BPE-tokenized copy of data_dir with the same poems in train and val (same split and seed)."""
-    from ..corpus import Corpus, build
-    from ..train import read_meta
+    from ..corpus import Corpus, build, read_meta
 
     meta = read_meta(data_dir)
     dest = Path(out) / f"data-bpe{vocab_size}"
     if (dest / "meta.json").exists():
-        m = json.loads((dest / "meta.json").read_text(encoding="utf-8"))
+        m = read_meta(dest)
         if m.get("tokenizer") == "bpe" and m.get("vocab_size_requested", vocab_size) == vocab_size \
                 and m.get("n_poems") == meta.get("n_poems"):
             return dest
@@ -199,10 +199,9 @@ def bpe_data(data_dir: Path, vocab_size: int, out: Path) -> Path:
         raise TianciError(f"{text_path}: {len(docs)} poems but meta.json says {meta['n_poems']}; "
                           "re-run `tianci prepare`")
     corpus = Corpus(docs=docs, source=str(text_path))
-    m = build(corpus, dest, tokenizer="bpe", vocab_size=vocab_size, split=meta.get("split", "poem"),
-              val_fraction=meta.get("val_fraction", 0.1), seed=meta.get("seed", 1337), force=True)
-    m["vocab_size_requested"] = vocab_size
-    (dest / "meta.json").write_text(json.dumps(m, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    build(corpus, dest, tokenizer="bpe", vocab_size=vocab_size, split=meta.get("split", "poem"),
+          val_fraction=meta.get("val_fraction", 0.1), seed=meta.get("seed", 1337),
+          extra_meta={"vocab_size_requested": vocab_size})
     return dest
 
 
@@ -262,7 +261,7 @@ def run_ladder(opts: LadderOptions) -> dict:
         raise TianciError(f"--token-budget={opts.token_budget} must be > 0")
     if not opts.rungs:
         raise TianciError("--rungs: give at least one rung")
-    from ..train import read_meta
+    from ..corpus import read_meta
     read_meta(data_dir)  # a clear error before anything trains
     import torch
     threads_before = torch.get_num_threads()
@@ -313,8 +312,8 @@ def _run_ladder(opts: LadderOptions, data_dir: Path, out: Path) -> dict:
     report = {"machine": machine(), "budget_seconds": opts.budget_seconds, "token_budget": opts.token_budget,
               "data": str(data_dir), "prompt": opts.prompt, "seed": opts.seed, "temperature": opts.temperature,
               "rungs": [{k: v for k, v in r.items() if k != "fingerprint"} for r in rows]}
-    (out / "ladder.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    (out / "ladder.md").write_text(markdown(report), encoding="utf-8")
+    atomic_write_json(out / "ladder.json", report)
+    atomic_write(out / "ladder.md", markdown(report))
     try:
         from .plot import plot_ladder, plot_runs
         plot_ladder(report["rungs"], out / "ladder.png")

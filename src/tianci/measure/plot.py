@@ -9,7 +9,6 @@ unicode escapes (with a warning) when there is none.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -71,28 +70,32 @@ def find_cjk_font() -> str | None:
 # ----------------------------------------------------------------------------- loss curves
 
 def read_metrics(run_dir) -> tuple[list[dict], list[dict]]:
-    """(train records, eval records) of a run's metrics.jsonl."""
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.is_file():
-        raise TianciError(f"{run_dir}: no metrics.jsonl (is it a tianci run directory?)")
-    train, evals = [], []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise TianciError(f"{p}:{n}: not a JSON line") from None
-        if rec.get("eval"):
-            evals.append(rec)
-        elif "train_loss" in rec and "step" in rec and "time" in rec:
-            train.append(rec)
-    return train, evals
+    """(train records, eval records) of a run's metrics.jsonl (see checkpoint.Run.metrics)."""
+    from ..checkpoint import Run
+
+    return Run(run_dir).metrics()
+
+
+def _counting_val(run_dir, records: list[dict]) -> float | None:
+    """The counting model's val loss in nats/char, or None for a GPT run. It has no curve: one
+    number from counting, drawn as a level line. (Runs from before the loss unit was one kept
+    nats/token in val_loss and nats/char in val_nats_per_char.)"""
+    from ..checkpoint import Run
+
+    try:
+        kind = Run(run_dir).config().get("kind")
+    except TianciError:
+        kind = None
+    if kind != "ngram" or not records:
+        return None
+    rec = records[-1]
+    return rec.get("val_nats_per_char", rec.get("val_loss"))
 
 
 def plot_runs(run_dirs, out, labels=None, title: str | None = None) -> Path:
     """Train (thin) and val (thick, dots) loss of each run, in bits per character, against step,
-    tokens seen and wall time: three panels sharing the y axis."""
+    tokens seen and wall time: three panels sharing the y axis. A counting-model run (no training
+    curve) is a dashed level line at its val loss."""
     plt = pyplot()
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -104,14 +107,22 @@ def plot_runs(run_dirs, out, labels=None, title: str | None = None) -> Path:
     for i, (run, label) in enumerate(zip(run_dirs, labels)):
         train, evals = read_metrics(run)
         color = f"C{i % 10}" if len(run_dirs) <= 10 else plt.get_cmap("tab20")(i % 20)  # no repeats
+        counting = _counting_val(run, evals + train)
+        if counting is None:
+            train, evals = [r for r in train if "step" in r], [r for r in evals if "val_loss" in r]
         for ax, (key, _) in zip(axes, xs):
-            if train:
-                ax.plot([r[key] for r in train], [r["train_loss"] / LN2 for r in train], color=color,
+            if counting is not None:
+                ax.axhline(counting / LN2, color=color, ls="--", lw=1.5, label=f"{label} (counting, val)")
+                continue
+            tr = [r for r in train if key in r]
+            ev = [r for r in evals if key in r]
+            if tr:
+                ax.plot([r[key] for r in tr], [r["train_loss"] / LN2 for r in tr], color=color,
                         alpha=0.35, lw=0.8)
-            if evals:
-                ax.plot([r[key] for r in evals], [r["val_loss"] / LN2 for r in evals], color=color,
+            if ev:
+                ax.plot([r[key] for r in ev], [r["val_loss"] / LN2 for r in ev], color=color,
                         lw=2, marker="o", ms=3, label=f"{label} (val)")
-        plotted += bool(train or evals)
+        plotted += bool(train or evals or counting is not None)
     if not plotted:
         raise TianciError("none of the runs has logged any loss yet")
     for ax, (_, name) in zip(axes, xs):
