@@ -112,6 +112,8 @@ def remember(name: str, source: str) -> None:
     """Record a source that worked, so later commands (in any shell) use it. Best effort: a
     read-only home directory costs the memory, never the command."""
     src = str(source)
+    if src.rstrip("/") == _source(name).upstream:
+        return  # the default needs no memory
     if not is_url(src):
         src = str(Path(src).expanduser().resolve())
     mem = remembered()
