@@ -177,7 +177,7 @@ def test_bf16_autocast_path_runs():
 
 def test_cpu_auto_dtype_is_fp32_and_malloc_tune_is_safe():
     """Guards 'auto' choosing bf16 on CPU (measured 1.0x on bf16 CPUs, ~70x slower without AVX512-BF16)."""
-    from tianci.train import pick_dtype, tune_malloc
+    from tianci.runtime import pick_dtype, tune_malloc
 
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert isinstance(tune_malloc(), bool)
@@ -203,10 +203,11 @@ def test_cuda_device_always_has_an_index(monkeypatch):
     """Guards the crash seen on an H200: `--device cuda` (or auto) gave torch.device("cuda") with no
     index, and torch.cuda.set_device / DDP device_ids refused it ("Expected a torch.device with a
     specified index")."""
-    from tianci.train import pick_device
+    from tianci.runtime import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pick_device("auto") == torch.device("cuda", 0)
     assert pick_device("cuda") == torch.device("cuda", 0)
     assert pick_device("cuda:1") == torch.device("cuda", 1)

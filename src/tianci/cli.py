@@ -8,7 +8,7 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import TianciError
+from .errors import Interrupted, TianciError
 
 # name -> (module in tianci.commands, one-line help)
 COMMANDS = {
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv else 2
     try:
         return int(args._run(args) or 0)
+    except Interrupted as e:  # a run stopped by SIGTERM/SIGINT after saving: not an error, but not done
+        print(f"tianci {args.command}: {e.render('cli')}", file=sys.stderr)
+        return 128 + e.signum
     except TianciError as e:
         print(f"tianci {args.command}: error: {e.render('cli')}", file=sys.stderr)
         return 2
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # disk full, permission denied, ...: the file and the reason, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tianci {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"tianci {args.command}: interrupted", file=sys.stderr)
         return 130

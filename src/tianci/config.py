@@ -328,5 +328,20 @@ def from_dict(d: dict) -> Preset:
     )
 
 
+# always shown by format_config; every other field only when it differs from the dataclass default
+_HEADLINE = {"model": ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"),
+             "train": ("batch_size", "max_iters", "max_time", "learning_rate"),
+             "ngram": ("order",)}
+
+
 def format_config(preset: Preset) -> str:
-    return json.dumps(to_dict(preset), ensure_ascii=False, indent=2)
+    """The resolved config in a few lines: the headline fields, then whatever differs from the
+    defaults (the full config is in the run's config.json)."""
+    lines = [f"preset {preset.name} ({preset.kind})" + (f": {preset.description}" if preset.description else "")]
+    for sec in (("ngram",) if preset.kind == "ngram" else ("model", "train")):
+        obj = getattr(preset, sec)
+        default = type(obj)()
+        shown = [f.name for f in fields(obj)
+                 if f.name in _HEADLINE[sec] or getattr(obj, f.name) != getattr(default, f.name)]
+        lines.append(f"  {sec}: " + " ".join(f"{k}={getattr(obj, k)}" for k in shown))
+    return "\n".join(lines)

@@ -53,3 +53,14 @@ class DataError(TianciError):
 class RunError(DataError):
     """A run directory cannot be used as it is (files that do not belong together, non-finite
     weights, a foreign tokenizer). Served, it is the server's own fault."""
+
+
+class Interrupted(TianciError):
+    """SIGTERM or SIGINT stopped a run after it saved its state; the front end exits 128 + signum."""
+
+    def __init__(self, signum: int, step: int, run_dir):
+        import signal
+        self.signum, self.step = signum, step
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint saved in {run_dir}",
+                         hints={"cli": f"continue with `tianci train --resume {run_dir}`"})

@@ -123,6 +123,17 @@ def lr_multiplier(step: int, cfg: TrainConfig, progress: float | None = None) ->
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def schedule_progress(cfg: TrainConfig, step: int, elapsed: float) -> float | None:
+    """How far through its budget a time-budgeted run is (0..1), for lr_multiplier; None when the
+    budget is in steps. With lr_decay_iters also set, whichever budget runs out first leads."""
+    if cfg.max_time <= 0:
+        return None
+    progress = elapsed / cfg.max_time
+    if cfg.lr_decay_iters:
+        progress = max(progress, (step - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters))
+    return progress
+
+
 def set_lr(optimizers, cfg: TrainConfig, mult: float) -> float:
     for opt in optimizers:
         for g in opt.param_groups:

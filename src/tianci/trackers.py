@@ -1,4 +1,6 @@
-"""Mirror metrics.jsonl into the experiment trackers people already use (optional extras).
+"""Where a training run reports: the terminal (`Display`: a progress bar or plain lines, and a
+warning when the machine is too busy), and metrics.jsonl mirrored into the experiment trackers
+people already use (optional extras).
 
 `--log tensorboard` writes event files under RUN/tb (pip install tianci[track]);
 `--log wandb` logs to Weights & Biases, offline unless WANDB_MODE says otherwise, so it works
@@ -6,7 +8,10 @@ without an account (sync later with `wandb sync RUN/wandb/...`)."""
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import time
 from pathlib import Path
 
 from .errors import TianciError
@@ -61,3 +66,120 @@ def make_tracker(kind: str, run_dir: Path, config: dict) -> Tracker | None:
     if kind == "wandb":
         return WandbTracker(run_dir, config)
     return None
+
+
+# ----------------------------------------------------------------------------- the terminal
+
+LINE_EVERY_S = 10.0  # without a terminal: one progress line this often
+SLOW_FACTOR = 4.0    # warn when training runs this many times slower than the machine predicts
+# Training reaches this fraction of the probe's matmul speed on a quiet machine (measured, see
+# expected_tokens_per_s); far below it, something else is using the machine.
+TRAIN_EFFICIENCY = 0.25
+
+
+def expected_tokens_per_s(flops_per_token: float, probe_gflops: float) -> float:
+    """Tokens/s this machine should train at: the matmul probe's FLOP/s times the fraction of it
+    training reaches, over the model's training FLOPs per token."""
+    return probe_gflops * 1e9 * TRAIN_EFFICIENCY / max(flops_per_token, 1.0)
+
+
+def _duration(s: float) -> str:
+    s = max(0.0, s)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def slow_advice(tok_per_s: float, expected: float, max_time: float, max_iters: int, step: int,
+                elapsed: float, tokens_per_step: int) -> str | None:
+    """Plain words for a run far slower than the machine should manage, and what it costs the
+    model; None when the rate is within SLOW_FACTOR of what is expected."""
+    if tok_per_s <= 0 or expected <= 0 or tok_per_s * SLOW_FACTOR >= expected:
+        return None
+    head = (f"warning: training runs at {tok_per_s:,.0f} tokens/s, {expected / tok_per_s:.0f}x below the "
+            f"~{expected:,.0f} this machine's measured matmul speed predicts for this model: the machine is "
+            f"busy (or torch has few threads). ")
+    if max_time > 0:
+        left = max(0.0, max_time - elapsed)
+        now = step + left * tok_per_s / tokens_per_step
+        could = step + left * expected / tokens_per_step
+        return head + (f"At this rate the {_duration(max_time)} budget reaches ~{min(now, max_iters):,.0f} steps "
+                       f"instead of ~{min(could, max_iters):,.0f}: expect a worse model.")
+    left = max(0, max_iters - step) * tokens_per_step
+    return head + (f"At this rate the {max_iters:,} steps take ~{_duration(elapsed + left / tok_per_s)} "
+                   f"instead of ~{_duration(elapsed + left / expected)}.")
+
+
+class Display:
+    """Progress on stderr: on a terminal a bar over the budget in force (seconds for a time budget,
+    else steps); otherwise a plain line every LINE_EVERY_S seconds, so piped runs and the ladder are
+    not silent. Also says once, plainly, when the run is far slower than this machine should be."""
+
+    def __init__(self, tc, model, compute, tokens_per_step: int, step: int, enabled: bool):
+        self.enabled, self.tc, self.tokens_per_step = enabled, tc, tokens_per_step
+        self.timed = tc.max_time > 0
+        self.bar = None
+        self.loss, self.tok_per_s = math.nan, 0.0
+        self.last_line = time.perf_counter()
+        self.expected, self.warned, self.first_step = 0.0, False, step
+        if not enabled:
+            return
+        from .runtime import matmul_peak
+        n = 2048 if compute.device.type == "cuda" else 512
+        probe = matmul_peak(compute.dtype, compute.device, n=n, budget_s=0.2)
+        self.expected = expected_tokens_per_s(model.flops_per_token(), probe["gflops"]) * compute.world
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            if self.timed:
+                self.bar = tqdm(total=round(tc.max_time), desc="train", unit="s", file=sys.stderr, dynamic_ncols=True,
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+            else:
+                self.bar = tqdm(total=tc.max_iters, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                                file=sys.stderr)
+
+    def write(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def rate(self, loss: float, tok_per_s: float) -> None:
+        """The latest logged train loss and tokens/s."""
+        self.loss, self.tok_per_s = loss, tok_per_s
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_per_s:,.0f}", refresh=False)
+
+    def update(self, step: int, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        if not self.warned and step - self.first_step >= 20 and self.tok_per_s > 0:
+            self.warned = True  # judged once, on a logged rate past the first (warm-up) steps
+            advice = slow_advice(self.tok_per_s, self.expected, self.tc.max_time, self.tc.max_iters, step,
+                                 elapsed, self.tokens_per_step)
+            if advice:
+                self.write(advice)
+        if self.bar is not None:
+            if self.timed:
+                self.bar.n = min(round(elapsed), self.bar.total)
+                self.bar.set_postfix_str(f" step {step:,}  loss {self.loss:.3f}  {self.tok_per_s:,.0f} tok/s",
+                                         refresh=False)
+                self.bar.refresh()
+            else:
+                self.bar.update(step - self.bar.n)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= LINE_EVERY_S:
+            self.last_line = now
+            budget = (f"{elapsed:.0f}/{self.tc.max_time:.0f} s ({elapsed / self.tc.max_time:.0%})" if self.timed
+                      else f"{step / max(1, self.tc.max_iters):.0%}")
+            of = f"/{self.tc.max_iters:,}" if not self.timed else ""
+            print(f"train: step {step:,}{of}  {budget}  loss {self.loss:.3f}  {self.tok_per_s:,.0f} tok/s",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

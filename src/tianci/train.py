@@ -5,87 +5,40 @@ Batches are a pure function of (seed, step, micro-batch index): resuming needs n
 beyond the step, and under DDP rank r takes micro-batches r, r+W, r+2W, ... of the same global
 sequence a single process would see with W times the accumulation -- so 1 and N processes train
 on identical data.
+
+Faults lose nothing: a non-finite loss stops the run before anything is saved (the last finite
+checkpoint stays), and SIGTERM / SIGINT end the current step, write a checkpoint and stop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
-import os
 import random
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ck
 from .config import Preset, format_config, to_dict
-from .corpus import read_meta
-from .errors import TianciError
+from .corpus import read_meta  # noqa: F401  (re-exported: ladder and tests read meta through here)
+from .errors import Interrupted, ParameterError, TianciError
 from .model import GPT
-from .optim import build_optimizers, lr_multiplier, set_lr
+from .optim import build_optimizers, lr_multiplier, schedule_progress, set_lr
+from .runtime import Compute, compute_init, ddp_info
+from .trackers import Display, make_tracker
 
 
-# ----------------------------------------------------------------------------- device & data
-
-def pick_device(spec: str = "auto") -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available():  # with an index: torch.cuda.set_device and DDP need one
-            return torch.device("cuda", torch.cuda.current_device())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TianciError(f"--device {spec}: CUDA is not available on this machine (use cpu or auto)")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TianciError(f"--device {spec}: MPS is not available on this machine (use cpu or auto)")
-    return dev
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run ~2x fp32 on such CPUs."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def tune_malloc() -> bool:
-    """Keep large buffers mapped between steps (glibc only). By default glibc returns big freed
-    blocks to the kernel, so every step page-faults its activations and logits back in (system
-    time was 10-14x higher). Same effect as MALLOC_MMAP_THRESHOLD_=33554432. Returns success."""
-    if not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter ids from <malloc.h>
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
-    except (OSError, AttributeError):
-        return False
-
-
-def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
-    if spec == "float32":
-        return torch.float32
-    if spec == "bfloat16":
-        return torch.bfloat16
-    if spec == "float16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # CPU: fp32. Measured: without AVX512-BF16 (Zen3) a bf16 matmul runs ~70x slower than fp32;
-    # with it (Zen4) plain bf16 autocast gave ~1.0x because bf16 softmax/attention run ~3x slower.
-    # bf16 on CPU stays available as an explicit --dtype bfloat16.
-    return torch.float32
-
+# ----------------------------------------------------------------------------- data
 
 class Batches:
     """Random windows from a memmapped token file (nanoGPT format), seeded per (step, micro)."""
@@ -116,90 +69,309 @@ def batch_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 4099 + micro) % (2**62)
 
 
-# ----------------------------------------------------------------------------- DDP
+# ----------------------------------------------------------------------------- one optimizer step
 
-def ddp_info() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size); world_size 1 when not launched by torchrun."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # mean loss over the micro-batches, detached, still on the device (no host sync)
+    lr: float
+
+
+def train_step(fwd, optimizers, tc, step: int, get_batch, *, amp=contextlib.nullcontext,
+               progress: float | None = None) -> StepResult:
+    """One optimizer step, the same for the trainer and the benchmark: set the scheduled learning
+    rate, forward + backward over tc.grad_accum micro-batches (`get_batch(micro) -> (x, y)`), clip
+    the gradient norm, step every optimizer, zero the gradients. Under DDP the gradients are
+    all-reduced once, on the last micro-batch."""
+    lr = set_lr(optimizers, tc, lr_multiplier(step, tc, progress))
+    total = None
+    for micro in range(tc.grad_accum):
+        x, y = get_batch(micro)
+        defer_sync = isinstance(fwd, DDP) and micro < tc.grad_accum - 1
+        with fwd.no_sync() if defer_sync else contextlib.nullcontext(), amp():
+            _, loss = fwd(x, y, return_logits=not tc.fused_loss)
+        (loss / tc.grad_accum).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(fwd.parameters(), tc.grad_clip)
+    for opt in optimizers:
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return StepResult(total / tc.grad_accum, lr)
+
+
+# ----------------------------------------------------------------------------- faults
+
+class Diverged(TianciError):
+    """The loss (or the weights) became non-finite; nothing was saved after the last finite checkpoint."""
+
+    status = 500
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT only set `signum`; the loop finishes its step, saves and stops.
+    The previous handlers come back on exit and after the first signal (so a second Ctrl-C is a
+    hard stop). Handlers can only be set from the main thread; elsewhere this does nothing."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 # ----------------------------------------------------------------------------- training
 
+@dataclass
+class Counters:
+    """Where the run stands; saved in every checkpoint, restored on resume."""
+
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training, over all sessions of the run
+    tokens: int = 0
+    best_val: float = math.inf
+    evaluated_at: int = -1  # the step whose evaluation is already logged (set on resume)
+
+
+def resolve_preset(preset: Preset, meta: dict, data_dir: Path) -> Preset:
+    """A copy of `preset` with the data's vocab size (the caller's preset is never changed)."""
+    vocab = int(meta["vocab_size"])
+    given = preset.model.vocab_size
+    if given not in (0, vocab):
+        raise ParameterError("vocab_size", given, f"0 (take it from the data) or {vocab}",
+                             why=f"the tokenizer of {data_dir} has {vocab} tokens")
+    out = copy.deepcopy(preset)
+    out.model.vocab_size = vocab
+    out.model.validate()
+    return out
+
+
 class Trainer:
-    def __init__(self, preset: Preset, data_dir: Path, run_dir: Path, resume: bool = False):
-        self.preset, self.tc = preset, preset.train
+    def __init__(self, preset: Preset, data_dir: Path, run_dir: Path, resume: bool = False,
+                 compute: Compute | None = None):
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
-        self.rank, local_rank, self.world = ddp_info()
-        self.master = self.rank == 0
-        if self.world > 1:
-            import torch.distributed as dist
-            if self.tc.device in ("auto",) and torch.cuda.is_available():
-                self.tc.device = f"cuda:{local_rank}"
-            backend = "nccl" if self.tc.device.startswith("cuda") else "gloo"
-            if not dist.is_initialized():
-                dist.init_process_group(backend=backend)
-        self.device = pick_device(self.tc.device)
-        if self.device.type == "cpu":
-            tune_malloc()
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.dtype = pick_dtype(self.tc.dtype, self.device)
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_bf16() and self.master:
-            print("warning: --dtype bfloat16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated "
-                  "and much slower than float32", file=sys.stderr)
         self.meta = read_meta(self.data_dir)
-        self.preset.model.vocab_size = int(self.meta["vocab_size"])
-        self.preset.model.validate()
-        torch.manual_seed(self.tc.seed + self.rank)
+        self.preset = resolve_preset(preset, self.meta, self.data_dir)
+        self.tc = tc = self.preset.train
+        self.compute = compute or compute_init(tc.device, tc.dtype, seed=tc.seed)
+        self.device = self.compute.device
         self.model = GPT(self.preset.model).to(self.device)
-        self.optimizers = build_optimizers(self.model, self.tc, self.device.type)
-        self.step, self.elapsed, self.tokens, self.best_val = 0, 0.0, 0, math.inf
+        self.optimizers = build_optimizers(self.model, tc, self.device.type)
+        self.counters = Counters()
         if resume:
             self._load_state()
-        self.fwd = self.model
-        if self.tc.compile:
-            try:
-                self.fwd = torch.compile(self.model)
-            except Exception as e:  # graceful: compilation is an optimisation, not a requirement
-                print(f"warning: torch.compile failed ({e}); training uncompiled", file=sys.stderr)
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.fwd = DDP(self.fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        B, T = self.tc.batch_size, self.preset.model.block_size
+        self.fwd = self._wrap(self.model)
+        B, T = tc.batch_size, self.preset.model.block_size
+        self.tokens_per_step = B * T * tc.grad_accum * self.compute.world
         self.train_batches = Batches(self.data_dir / "train.bin", self.meta["dtype"], T, B, self.device)
         self.val_batches = Batches(self.data_dir / "val.bin", self.meta["dtype"], T, B, self.device)
         # nats/token -> nats/char: a char tokenizer has ratio 1; BPE tokens cover several chars
         self.tpc = {s: self.meta.get(f"{s}_tokens", 1) / max(1, self.meta.get(f"{s}_chars") or
                                                               self.meta.get(f"{s}_tokens", 1))
                     for s in ("train", "val")}
+        # non-finite detection without a host sync per step: the first bad step, kept on the device
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.lr_at: dict[int, float] = {}  # learning rate of each step since the last finiteness check
+        self.tracker = None
 
-    # -- autocast: bf16 matmuls with fp32 master weights
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+    def _wrap(self, model):
+        """What the step calls: the model, compiled if asked, inside DDP under torchrun."""
+        fwd = model
+        if self.tc.compile:
+            try:
+                fwd = torch.compile(model)
+            except Exception as e:  # graceful: compilation is an optimisation, not a requirement
+                print(f"warning: torch.compile failed ({e}); training uncompiled", file=sys.stderr)
+        if self.compute.world > 1:
+            fwd = DDP(fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return fwd
 
+    # -- the loop: read it top to bottom
+    def fit(self) -> dict:
+        tc, c, master = self.tc, self.counters, self.compute.master
+        self.tracker = make_tracker(tc.log, self.run_dir, to_dict(self.preset)) if master else None
+        display = Display(tc, self.model, self.compute, self.tokens_per_step, c.step, enabled=master and tc.progress)
+        self.model.train()
+        session_start, t0 = c.elapsed, time.perf_counter()
+        last_ev: dict = {}
+        loss_sum, n_loss, t_log, tok_log = torch.zeros((), device=self.device), 0, t0, c.tokens
+        with _StopSignals() as stop:
+            try:
+                while True:
+                    c.elapsed = session_start + (time.perf_counter() - t0)
+                    done = c.step >= tc.max_iters or (tc.max_time > 0 and c.elapsed >= tc.max_time)
+                    signalled, done = self._agree(bool(stop.signum), done)
+                    if signalled and not done:
+                        self.save_checkpoint()
+                        raise Interrupted(stop.signum, c.step, self.run_dir)
+                    if (c.step % tc.eval_interval == 0 or done) and c.evaluated_at != c.step:
+                        last_ev = self.evaluate_and_log(display)
+                        if tc.ckpt_interval == 0 or done:
+                            self.save_checkpoint()
+                    if done:
+                        break
+
+                    res = train_step(self.fwd, self.optimizers, tc, c.step, self._batch_getter(c.step),
+                                     amp=self.compute.autocast,
+                                     progress=schedule_progress(tc, c.step, c.elapsed))
+                    self._watch(res, c.step)
+                    loss_sum += res.loss
+                    n_loss += 1
+                    c.step += 1
+                    c.tokens += self.tokens_per_step
+
+                    if c.step % tc.log_interval == 0:
+                        now = time.perf_counter()
+                        self.log_train(loss_sum / n_loss, res.lr, (c.tokens - tok_log) / max(now - t_log, 1e-9),
+                                       session_start + now - t0, display)
+                        loss_sum.zero_()
+                        n_loss, t_log, tok_log = 0, now, c.tokens
+                    # after the log line: a kill in between loses no logged step (resume drops later lines)
+                    if tc.ckpt_interval and c.step % tc.ckpt_interval == 0:
+                        self.save_checkpoint()
+                    display.update(c.step, session_start + (time.perf_counter() - t0))
+            finally:
+                display.close()
+                if self.tracker is not None:
+                    self.tracker.close()
+        final = last_ev if c.evaluated_at == c.step and last_ev else self.evaluate()  # the final eval's numbers
+        return {"step": c.step, "time": c.elapsed, "tokens": c.tokens, "best_val": c.best_val, **final}
+
+    def _batch_getter(self, step: int):
+        rank, world = self.compute.rank, self.compute.world
+        # this rank's slice of the global micro-batches: rank, rank + W, rank + 2W, ...
+        return lambda micro: self.train_batches.get(batch_seed(self.tc.seed, step, rank + micro * world))
+
+    def _agree(self, signalled: bool, done: bool) -> tuple[bool, bool]:
+        """(stop for a signal, budget spent), the same on every rank: torchrun forwards SIGTERM to
+        all ranks but they may see it at different steps, and each rank has its own clock."""
+        if self.compute.world == 1:
+            return signalled, done
+        import torch.distributed as dist
+        flags = torch.tensor([int(signalled), int(done)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0].item()), bool(flags[1].item())
+
+    # -- named steps of the loop
+    def _watch(self, res: StepResult, step: int) -> None:
+        """Remember the first step whose loss is not finite (a device-side op, no sync)."""
+        self.lr_at[step] = res.lr
+        bad = (self.first_bad < 0) & ~torch.isfinite(res.loss)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check_finite(self, weights: bool = True) -> None:
+        """Raise Diverged if a loss since the last check (or, with `weights`, any weight) is not
+        finite. Called before every log line, evaluation and checkpoint: no non-finite weights are
+        ever saved, and the run stops at most log_interval steps after it diverged."""
+        bad = self.first_bad.clone()
+        if weights:
+            ok = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+            bad = torch.where(~ok & (bad < 0), torch.full_like(bad, self.counters.step), bad)
+        if self.compute.world > 1:
+            import torch.distributed as dist
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        step = int(bad.item())
+        if step >= 0:
+            lr = self.lr_at.get(step, self.lr_at.get(step - 1, float("nan")))
+            latest = self.run_dir / "latest.json"
+            kept = (f"the last finite checkpoint (step {ck.Run(self.run_dir).latest()[2]}) is kept"
+                    if latest.exists() else "no checkpoint had been written yet")
+            raise Diverged(f"training diverged: the loss became non-finite at step {step} (learning rate "
+                           f"{lr:.3g}); stopped without saving, {kept}", param="learning_rate",
+                           hints={"cli": "lower --learning-rate or raise --warmup-iters "
+                                         f"(resume the kept checkpoint with `tianci train --resume {self.run_dir}`)"})
+        self.lr_at.clear()
+
+    def evaluate_and_log(self, display) -> dict:
+        self.check_finite()
+        c = self.counters
+        ev = self.evaluate()
+        c.evaluated_at = c.step
+        self._log({"step": c.step, "eval": True, "time": round(c.elapsed, 3), "tokens": c.tokens,
+                   **{k: round(v, 5) for k, v in ev.items()}})
+        if self.compute.master and ev["val_loss"] < c.best_val:
+            c.best_val = ev["val_loss"]
+            ck.Run(self.run_dir).save_best(self.model, c.step, ev)
+        display.write(f"step {c.step:>6}: train {ev['train_loss']:.4f}  val {ev['val_loss']:.4f} "
+                      f"nats/char ({ev['val_bpc']:.3f} bits/char)")
+        return ev
+
+    def log_train(self, mean_loss: torch.Tensor, lr: float, tok_per_s: float, t: float, display) -> None:
+        self.check_finite(weights=False)
+        loss = mean_loss.item()  # the only host sync of a step, when logging
+        c = self.counters
+        self._log({"step": c.step, "time": round(t, 3), "tokens": c.tokens, "lr": lr,
+                   "train_loss": round(loss * self.tpc["train"], 5), "tok_per_s": round(tok_per_s, 1)})
+        display.rate(loss, tok_per_s)
+
+    def save_checkpoint(self) -> None:
+        self.check_finite()
+        if self.compute.master:
+            ck.Run(self.run_dir).save_checkpoint(self.model, self._state(), self.counters.step)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        out = {}
+        for split, batches in (("train", self.train_batches), ("val", self.val_batches)):
+            losses = []
+            for k in range(self.tc.eval_iters):  # the same batches at every eval: comparable numbers
+                x, y = batches.get(batch_seed(self.tc.seed + 7919, 0, k))
+                with self.compute.autocast():
+                    _, loss = self.model(x, y, return_logits=not self.tc.fused_loss)
+                losses.append(loss.item())
+            nats = float(np.mean(losses)) * self.tpc[split]
+            out[f"{split}_loss"] = nats
+            out[f"{split}_bpc"] = nats / math.log(2)
+        self.model.train()
+        return out
+
+    def _log(self, rec: dict) -> None:
+        if not self.compute.master:
+            return
+        ck.Run(self.run_dir).append_metrics(rec)
+        if self.tracker is not None:
+            self.tracker.log(rec)
+
+    # -- checkpoint state
     def _state(self) -> dict:
+        c = self.counters
         return {
-            "step": self.step, "elapsed": self.elapsed, "tokens": self.tokens, "best_val": self.best_val,
+            "step": c.step, "elapsed": c.elapsed, "tokens": c.tokens, "best_val": c.best_val,
             "optimizers": [o.state_dict() for o in self.optimizers],
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": np.random.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "world": self.world,
+            "world": self.compute.world,
         }
 
     def _load_state(self) -> None:
         wpath, spath, _ = ck.Run(self.run_dir).latest()
         ck.load_weights(self.model, wpath)
         st = ck.load_state(spath)
+        c = self.counters
         try:
             for opt, sd in zip(self.optimizers, st["optimizers"], strict=True):
                 opt.load_state_dict(sd)
-            self.step, self.elapsed = int(st["step"]), float(st["elapsed"])
-            self.tokens, self.best_val = int(st["tokens"]), float(st["best_val"])
+            c.step, c.elapsed = int(st["step"]), float(st["elapsed"])
+            c.tokens, c.best_val = int(st["tokens"]), float(st["best_val"])
             torch.set_rng_state(st["rng"]["torch"])
             random.setstate(st["rng"]["python"])
             np.random.set_state(st["rng"]["numpy"])
@@ -207,7 +379,7 @@ class Trainer:
                 torch.cuda.set_rng_state_all(st["rng"]["cuda"])
         except (KeyError, ValueError, TypeError) as e:
             raise ck.CheckpointError(f"{spath}: training state does not fit this run ({e})") from None
-        if self.master:
+        if self.compute.master:
             self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
@@ -220,156 +392,40 @@ class Trainer:
         for line in p.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
-                if rec["step"] <= self.step:
+                if rec["step"] <= self.counters.step:
                     keep.append(line)
-                    if rec.get("eval") and rec["step"] == self.step:
-                        self.evaluated_at = self.step  # fit() need not evaluate this step again
+                    if rec.get("eval") and rec["step"] == self.counters.step:
+                        self.counters.evaluated_at = self.counters.step  # fit() need not evaluate it again
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
         ck.Run(self.run_dir).write_metrics([json.loads(x) for x in keep])
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        self.model.eval()
-        out = {}
-        for split, batches in (("train", self.train_batches), ("val", self.val_batches)):
-            losses = []
-            for k in range(self.tc.eval_iters):  # the same batches at every eval: comparable numbers
-                x, y = batches.get(batch_seed(self.tc.seed + 7919, 0, k))
-                with self._autocast():
-                    _, loss = self.model(x, y, return_logits=not self.tc.fused_loss)
-                losses.append(loss.item())
-            nats = float(np.mean(losses)) * self.tpc[split]
-            out[f"{split}_loss"] = nats
-            out[f"{split}_bpc"] = nats / math.log(2)
-        self.model.train()
-        return out
-
-    def _log(self, rec: dict) -> None:
-        if not self.master:
-            return
-        ck.Run(self.run_dir).append_metrics(rec)
-        if self.tracker is not None:
-            self.tracker.log(rec)
-
-    def _checkpoint(self) -> None:
-        if self.master:
-            ck.Run(self.run_dir).save_checkpoint(self.model, self._state(), self.step)
-
-    def fit(self) -> dict:
-        from .trackers import make_tracker
-
-        tc, model = self.tc, self.model
-        self.tracker = make_tracker(tc.log, self.run_dir, to_dict(self.preset)) if self.master else None
-        model.train()
-        tokens_per_step = tc.batch_size * self.preset.model.block_size * tc.grad_accum
-        bar = None
-        if self.master and tc.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=tc.max_iters, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=None,
-                       file=sys.stderr)
-        t_last, tok_last, last_ev = time.perf_counter(), self.tokens, {}
-        last_eval = getattr(self, "evaluated_at", None)  # set on resume when step's eval is logged
-        start_elapsed, t0 = self.elapsed, time.perf_counter()
-        loss_acc = torch.zeros((), device=self.device)
-        n_acc = 0
-        while True:
-            self.elapsed = start_elapsed + (time.perf_counter() - t0)
-            out_of_time = tc.max_time > 0 and self.elapsed >= tc.max_time
-            done = self.step >= tc.max_iters or out_of_time
-            if self.step % tc.eval_interval == 0 or done:
-                if last_eval != self.step:
-                    last_eval = self.step
-                    ev = last_ev = self.evaluate()
-                    self._log({"step": self.step, "eval": True, "time": round(self.elapsed, 3),
-                               "tokens": self.tokens, **{k: round(v, 5) for k, v in ev.items()}})
-                    if self.master and ev["val_loss"] < self.best_val:
-                        self.best_val = ev["val_loss"]
-                        ck.Run(self.run_dir).save_best(model, self.step, ev)
-                    if bar is not None:
-                        bar.write(f"step {self.step:>6}: train {ev['train_loss']:.4f}  val {ev['val_loss']:.4f} "
-                                  f"nats/char ({ev['val_bpc']:.3f} bits/char)")
-                    if tc.ckpt_interval == 0 or done:
-                        self._checkpoint()
-            if done:
-                break
-            progress = self.elapsed / tc.max_time if tc.max_time > 0 else None
-            if progress is not None and tc.lr_decay_iters:
-                progress = max(progress, (self.step - tc.warmup_iters) / max(1, tc.lr_decay_iters - tc.warmup_iters))
-            lr = set_lr(self.optimizers, tc, lr_multiplier(self.step, tc, progress))
-            for micro in range(tc.grad_accum):
-                g = self.rank + micro * self.world  # this rank's slice of the global micro-batches
-                x, y = self.train_batches.get(batch_seed(tc.seed, self.step, g))
-                sync = self.world == 1 or micro == tc.grad_accum - 1
-                ctx = contextlib.nullcontext() if sync else self.fwd.no_sync()
-                with ctx, self._autocast():
-                    _, loss = self.fwd(x, y, return_logits=not tc.fused_loss)
-                (loss / tc.grad_accum).backward()
-                loss_acc += loss.detach()
-                n_acc += 1
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            for opt in self.optimizers:
-                opt.step()
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
-            self.step += 1
-            self.tokens += tokens_per_step * self.world
-            if self.step % tc.log_interval == 0:
-                now = time.perf_counter()
-                train_loss = (loss_acc / n_acc).item()  # the only host sync of a step, when logging
-                loss_acc.zero_()
-                n_acc = 0
-                tps = (self.tokens - tok_last) / max(now - t_last, 1e-9)
-                t_last, tok_last = now, self.tokens
-                self._log({"step": self.step, "time": round(start_elapsed + now - t0, 3), "tokens": self.tokens,
-                           "lr": lr, "train_loss": round(train_loss * self.tpc["train"], 5),
-                           "tok_per_s": round(tps, 1)})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-            # after the log line: a kill in between loses no logged step (resume drops later lines)
-            if tc.ckpt_interval and self.step % tc.ckpt_interval == 0:
-                self._checkpoint()
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        if self.tracker is not None:
-            self.tracker.close()
-        return {"step": self.step, "time": self.elapsed, "tokens": self.tokens, "best_val": self.best_val,
-                **(last_ev if last_eval == self.step and last_ev else self.evaluate())}  # the final eval's numbers
 
 
 def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: bool = False,
           quiet: bool = False) -> dict:
     """Train `preset` on the prepared data in data_dir, writing the run to out_dir."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    rank = ddp_info()[0]
-    meta = read_meta(data_dir)
     if preset.kind == "ngram":
         from .ngram import train_run
         return train_run(preset, data_dir, out_dir, force=force)
-    if rank == 0 and resume:
-        ck.Run.resume(out_dir)  # cleans a killed writer's temp files
-    elif rank == 0:
-        ck.Run.create(out_dir, force=force)
-    preset.model.vocab_size = int(meta["vocab_size"])
-    if rank == 0:
-        if not quiet:
-            print(f"tianci train: {preset.name} -> {out_dir}\n{format_config(preset)}", file=sys.stderr)
-        if not resume:
-            ck.Run(out_dir).begin("gpt", to_dict(preset), data_dir)
-    if ddp_info()[2] > 1:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() and preset.train.device != "cpu"
-                                    else "gloo")
-        dist.barrier()  # rank 0 has created the run dir
-    trainer = Trainer(preset, data_dir, out_dir, resume=resume)
+    tc = preset.train
+    compute = compute_init(tc.device, tc.dtype, seed=tc.seed)
     try:
-        result = trainer.fit()
+        if compute.master and resume:
+            ck.Run.resume(out_dir)  # cleans a killed writer's temp files
+        elif compute.master:
+            ck.Run.create(out_dir, force=force)
+        trainer = Trainer(preset, data_dir, out_dir, resume=resume, compute=compute)
+        if compute.master:
+            if not quiet:
+                print(f"tianci train: {preset.name} -> {out_dir} on {compute.device} ({str(compute.dtype)[6:]})\n"
+                      f"{format_config(trainer.preset)}", file=sys.stderr)
+            if not resume:
+                ck.Run(out_dir).begin("gpt", to_dict(trainer.preset), trainer.data_dir)
+        compute.barrier()  # rank 0 has created the run dir
+        return trainer.fit()
     finally:
-        if trainer.world > 1:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-    return result
+        compute.close()
+
+
+__all__ = ["Batches", "batch_seed", "train_step", "StepResult", "Trainer", "train", "Diverged", "ddp_info"]

@@ -37,12 +37,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    import torch
-
     from ..measure.bench import format_table, run_bench
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
 
     variants = tuple(v for v in args.variants.split(",") if v)
     bad = [v for v in variants if v not in ("fast", "classic", "tutorial")]
@@ -68,7 +63,7 @@ def run(args) -> int:
                     decode_tokens=args.decode_tokens, decode_max_s=args.decode_max_s,
                     malloc=not args.no_malloc_tune, variants=variants, bf16_peak=args.bf16_peak,
                     peak_n=args.peak_size, decode_state=state, quality_run=args.run,
-                    decode_compile=args.decode_compile, log=log)
+                    decode_compile=args.decode_compile, threads=args.threads, log=log)
     print(format_table(res))
     text = json.dumps(res, indent=2)
     if args.json == "-":

@@ -31,6 +31,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..checkpoint import load_run
+    from ..runtime import compute_init
     from ..ci.cipai import open_cipu
     from ..ci.compose import Composer, compose
 
@@ -41,7 +42,8 @@ def run(args) -> int:
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ParameterError("top_p", args.top_p, "(0, 1]")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
-    r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
+    device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
+    r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
     composer = Composer(r.tokenizer, cp.phon, cp)
     choice = composer.choose(args.cipai, args.variant, args.start, args.acrostic)  # refuses before any output
     form = choice.form

@@ -37,12 +37,14 @@ def run(args) -> int:
             print(f"--- sample {i + 1}\n{text}")  # sample_run's texts already start with the prompt
         return 0
     from ..checkpoint import load_run
+    from ..runtime import compute_init
     from ..generate import SampleOptions, encode_prompt, stream
 
     opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop_at_end=args.stop_at_end,
                          use_cache=not args.no_cache, compiled=args.compile).validate()
-    r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
+    device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
+    r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
     encode_prompt(r.tokenizer, args.prompt)  # an unknown character fails here, before any output
     if args.compile:
         from ..decode import can_compile

@@ -42,17 +42,16 @@ def run(args) -> int:
                           "pip install 'tianci[serve]'") from None
     if not 0 < args.port < 65536:
         raise TianciError(f"--port {args.port} is out of range 1..65535")
-    import torch
-
     from ..checkpoint import load_run
     from ..serve.limits import Limits
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..runtime import compute_init
+
+    device = compute_init(args.device, threads=args.threads, ddp=False).device
     limits = Limits(max_tokens=args.max_tokens, max_n=args.max_n, max_prompt_chars=args.max_prompt_chars,
                     max_body_bytes=args.max_body_bytes, workers=args.workers,
                     max_waiting=args.max_waiting).validate()
-    r = load_run(args.run, device=args.device, which=args.which, quantize=args.quantize)
+    r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
     cipu = None
     if not args.no_cipai:
         from ..ci.cipai import open_cipu

@@ -25,34 +25,9 @@ import torch
 from ..config import Preset
 from ..generate import generate
 from ..model import GPT
-from ..optim import build_optimizers, lr_multiplier, set_lr
-from ..train import Batches, batch_seed, pick_device, pick_dtype, tune_malloc
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, budget_s: float = 20.0) -> dict:
-    """Measured GFLOP/s of an n^3 matmul. If the dtype is emulated (bf16 on CPUs without
-    AVX512-BF16 runs ~100x slower) a smaller size is timed instead, and `n` says which."""
-    def timed(m: int, reps: int) -> float:
-        a = torch.randn(m, m, device=device).to(dtype)
-        b = torch.randn(m, m, device=device).to(dtype)
-        a @ b
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        _sync(device)
-        return (time.perf_counter() - t) / reps
-
-    probe = timed(min(n, 256), 3)
-    if probe * (n / min(n, 256)) ** 3 > budget_s:  # the full size would take too long: measure smaller
-        n = min(n, 256 if probe * 64 > budget_s else 512)
-    s = timed(n, max(1, min(20, int(budget_s / max(probe * (n / min(n, 256)) ** 3, 1e-6)))))
-    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "gflops": 2 * n**3 / s / 1e9}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from ..optim import build_optimizers
+from ..runtime import autocast, compute_init, matmul_peak, pick_dtype, sync as _sync
+from ..train import Batches, batch_seed, train_step
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -63,7 +38,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class _Variant:
-    """One training path: a model, its optimizers, and how it computes the loss."""
+    """One training path: a model, its optimizers, and how it computes the loss. Its step is the
+    trainer's own `train_step`, so the benchmark measures what training does."""
 
     def __init__(self, name: str, preset: Preset, device, dtype, fused: bool, attn_impl: str, seed: int):
         self.name, self.device, self.dtype, self.fused = name, device, dtype, fused
@@ -72,25 +48,18 @@ class _Variant:
         torch.manual_seed(seed)
         self.model = GPT(cfg).to(device).train()
         self.tc = copy.deepcopy(preset.train)
+        self.tc.fused_loss = fused
         if name != "fast":  # the classic paths are nanoGPT's: AdamW
             self.tc.optimizer = "adamw"
         self.opts = build_optimizers(self.model, self.tc, device.type)
         self.times: list[float] = []
 
-    def step(self, x, y, it: int) -> torch.Tensor:
-        set_lr(self.opts, self.tc, lr_multiplier(it, self.tc))
-        ctx = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
-               else torch.autocast(self.device.type, enabled=False))
-        with ctx:
-            _, loss = self.model(x, y, return_logits=not self.fused)
-        loss.backward()
-        if self.tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
-        for o in self.opts:
-            o.step()
-        for o in self.opts:
-            o.zero_grad(set_to_none=True)
-        return loss.detach()
+    def step(self, data: list, it: int) -> torch.Tensor:
+        """Step `it` on the synthetic batches, micro-batch m of step it = data[(it * accum + m) % len]."""
+        accum = self.tc.grad_accum
+        res = train_step(self.model, self.opts, self.tc, it, lambda m: data[(it * accum + m) % len(data)],
+                         amp=lambda: autocast(self.device, self.dtype))
+        return res.loss
 
 
 def bench_train(preset: Preset, device, steps: int = 20, rounds: int = 3, warmup: int = 3,
@@ -110,25 +79,26 @@ def bench_train(preset: Preset, device, steps: int = 20, rounds: int = 3, warmup
     losses = {}
     for v in vs:  # warm up allocator, kernels and optimizer state
         for i in range(warmup):
-            v.step(*data[i % len(data)], i)
+            v.step(data, i)
     for r in range(rounds):
         for v in vs:
             _sync(device)
             t = time.perf_counter()
             for i in range(steps):
-                loss = v.step(*data[i % len(data)], warmup + r * steps + i)
+                loss = v.step(data, warmup + r * steps + i)
             _sync(device)
             v.times.append((time.perf_counter() - t) / steps)
             losses[v.name] = float(loss)
             if log:
                 log(f"  round {r + 1}/{rounds} {v.name:<8} {v.times[-1] * 1e3:8.1f} ms/step")
-    out = {"flops_per_token": flops, "tokens_per_step": B * T, "variants": {}}
+    tokens_per_step = B * T * tc.grad_accum
+    out = {"flops_per_token": flops, "tokens_per_step": tokens_per_step, "variants": {}}
     for v in vs:
         ms = statistics.median(v.times) * 1e3
         out["variants"][v.name] = {
             "dtype": str(v.dtype).replace("torch.", ""), "fused_loss": v.fused,
             "attn_impl": v.model.config.attn_impl, "ms_per_step": ms,
-            "ms_per_step_all": [t * 1e3 for t in v.times], "tokens_per_s": B * T / (ms / 1e3),
+            "ms_per_step_all": [t * 1e3 for t in v.times], "tokens_per_s": tokens_per_step / (ms / 1e3),
             "loss_last": losses[v.name]}
     return out
 
@@ -235,15 +205,15 @@ def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "au
               rounds: int = 3, decode_tokens: int = 200, decode_max_s: float = 60.0, malloc: bool = True,
               variants=("fast", "classic", "tutorial"), bf16_peak: bool = False, peak_n: int = 2048,
               decode_state: dict | None = None, quality_run=None, decode_compile: bool = False,
-              log=None) -> dict:
-    dev = pick_device(device)
-    tuned = tune_malloc() if malloc and dev.type == "cpu" else False
+              threads: int = 0, log=None) -> dict:
+    compute = compute_init(device, preset.train.dtype, threads=threads, malloc=malloc, ddp=False)
+    dev, tuned = compute.device, compute.malloc_tuned
     res = {"preset": preset.name, "device": str(dev), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "malloc_tuned": tuned, "config": {
                k: getattr(preset.model, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
                                                      "pos", "norm", "mlp_act", "tie_embeddings")}}
     res["config"]["batch_size"] = preset.train.batch_size
-    fast_dtype = pick_dtype(preset.train.dtype, dev)
+    fast_dtype = compute.dtype
     peaks = {"float32": matmul_peak(torch.float32, dev, n=peak_n)}
     if dev.type == "cuda" or fast_dtype != torch.float32 or bf16_peak:
         peaks["bfloat16"] = matmul_peak(torch.bfloat16, dev, n=peak_n)
