@@ -413,9 +413,10 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
     try:
         if compute.master and resume:
             ck.Run.resume(out_dir)  # cleans a killed writer's temp files
-        elif compute.master:
-            ck.Run.create(out_dir, force=force)
+        # built before the run directory: bad data or config fail before anything is created or cleared
         trainer = Trainer(preset, data_dir, out_dir, resume=resume, compute=compute)
+        if compute.master and not resume:
+            ck.Run.create(out_dir, force=force)
         if compute.master:
             if not quiet:
                 print(f"tianci train: {preset.name} -> {out_dir} on {compute.device} ({str(compute.dtype)[6:]})\n"
