@@ -360,3 +360,69 @@ def test_openai_client(live):
         oc.completions.create(model="tiny", prompt="春", temperature=5)
     with pytest.raises(openai.NotFoundError):
         oc.completions.create(model="gpt-4", prompt="春")
+
+
+def test_live_abandoned_non_streaming_requests_are_cancelled(live):
+    """Guards: a non-streaming request whose client left running to its end (the http middleware
+    hid the disconnect), and a queued request whose client left being started at all."""
+    import httpx
+
+    url, app = live
+    body = {"prompt": "春", "max_tokens": 5000, "temperature": 1.0}  # far longer than the clients wait
+
+    def leave_early():
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(url + "/v1/completions", json=body, timeout=0.5)
+
+    before = app.state.scheduler.stats()
+    clients = [threading.Thread(target=leave_early) for _ in range(3)]  # one runs, two wait
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for _ in range(1500):
+            q = c.get("/healthz").json()["queue"]
+            if q["running"] == 0 and q["waiting"] == 0:
+                break
+            time.sleep(0.02)
+        assert q["running"] == 0 and q["waiting"] == 0, q
+        # none of the three ran to its end: the running one was stopped, the queued ones never began
+        assert q["cancelled"] - before["cancelled"] == 3 and q["served"] == before["served"], q
+        r = c.post("/v1/completions", json={"prompt": "春", "max_tokens": 4, "seed": 1})
+        assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 4
+        assert c.get("/healthz").json()["queue"]["served"] == before["served"] + 1
+
+
+def test_busy_answers_retry_after():
+    """Guards: a 429 without Retry-After, which leaves clients to guess when to come back."""
+    from tianci.serve.limits import Busy, Scheduler
+
+    sched = Scheduler(workers=1, max_waiting=0)
+    sched.running = 1  # one job holds the only worker and nobody may wait
+    with pytest.raises(Busy) as e:
+        sched.check_room()
+    assert e.value.retry_after >= 1 and "retry in about" in str(e.value)
+
+
+def test_server_fault_is_5xx_and_docs_off_by_default(world):
+    """Guards: the server blaming the client (400) for a fault of its own run, and /docs pages that
+    load their scripts from a CDN (blank offline) being on by default."""
+    from fastapi.testclient import TestClient
+
+    from tianci.errors import RunError
+
+    app = create_app(world["run"], cipu=open_world_cipu(world), limits=Limits(**LIMITS), model_name="tiny")
+
+    @app.get("/boom")
+    async def boom():
+        raise RunError("best.safetensors holds non-finite weights", param="run")
+
+    with TestClient(app) as c:
+        r = c.get("/boom")
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert "non-finite" in r.json()["error"]["message"]
+        assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 200
+    app2 = create_app(world["run"], load_cipu=False, limits=Limits(**LIMITS), docs=True)
+    with TestClient(app2) as c:
+        assert c.get("/docs").status_code == 200

@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-prompt-chars", type=int, default=2000, help="cap on the prompt's length")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="cap on a request body")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--docs", action="store_true",
+                   help="serve /docs and /redoc (their pages load Swagger UI / ReDoc from a CDN, so they need "
+                   "internet in the browser; /openapi.json is always served)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -59,7 +62,8 @@ def run(args) -> int:
             cipu = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
         except TianciError as e:
             print(f"tianci serve: warning: 词牌 routes disabled: {e}", file=sys.stderr)
-    app = create_app(r, cipu=cipu, load_cipu=False, limits=limits, model_name=args.model_name)
+    app = create_app(r, cipu=cipu, load_cipu=False, limits=limits, model_name=args.model_name,
+                     docs=args.docs)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"tianci serve: listening on {args.host}: reachable from other machines", file=sys.stderr)
     print(f"tianci serve: http://{args.host}:{args.port}/  (model {app.state.model_id!r})", file=sys.stderr)

@@ -19,9 +19,10 @@ class ApiError(Exception):
     """An error answered with `status` and the OpenAI error body."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error", **extra):
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None, **extra):
         super().__init__(message)
         self.status, self.body = status, error_body(message, type_, param, code, **extra)
+        self.headers = headers
 
 
 class ErrorDetail(BaseModel):

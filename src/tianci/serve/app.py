@@ -25,14 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import api
 from ..errors import TianciError
 from .api import ApiError
-from .limits import BodyLimit, Limits, Scheduler, error_body
-from .stream import (collect, completion_chunks, completion_job, compose_events, compose_job,
-                            result_json, sse_response)
+from .limits import BodyLimit, Limits, Scheduler, SecurityHeaders, error_body
+from .stream import (ClientGone, api_error, collect, completion_chunks, completion_job, compose_events, compose_job,
+                     result_json, sse_response)
 
 STATIC = {"index.html": "text/html; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "app.js": "text/javascript; charset=utf-8"}
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def _err(status: int, desc: str) -> dict:
@@ -45,10 +43,11 @@ SSE = {"text/event-stream": {"schema": {"type": "string"}, "description": "when 
 
 
 def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None = None,
-               model_name: str | None = None) -> FastAPI:
+               model_name: str | None = None, docs: bool = False) -> FastAPI:
     """run: a run directory or a loaded `checkpoint.Run`. cipu: a ready `cipai.CiPu`; None opens the
     run's (词谱 + phonology + the run's corpus) unless load_cipu is False -- then the 词牌 routes
-    answer 503 and the rest still works."""
+    answer 503 and the rest still works. docs: serve /docs and /redoc, whose pages load their
+    scripts from a CDN (so they are off by default: blank offline); /openapi.json is always there."""
     from ..checkpoint import Run, load_run
 
     if not isinstance(run, Run):
@@ -69,26 +68,33 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
     static = {name: (resources.files("tianci.serve") / "static" / name).read_bytes() for name in STATIC}
     created = int(time.time())
 
-    app = FastAPI(title="tianci", version=_version(),
+    app = FastAPI(title="tianci", version=_version(), docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None,
                   description="Song ci (宋词) from a small GPT: an OpenAI-compatible completions API "
                   "and 填词 to a chosen 词牌 with guaranteed form, tone and rhyme.")
     app.state.run, app.state.limits, app.state.scheduler, app.state.cipu = run, lim, sched, cipu
     app.state.model_id = model_id
     app.add_middleware(BodyLimit, max_bytes=lim.max_body_bytes)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        resp = await call_next(request)
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.url.path == "/":  # not /docs, whose Swagger UI loads its scripts from a CDN
-            resp.headers["Content-Security-Policy"] = CSP
-        return resp
+    # A pure ASGI middleware, not @app.middleware("http"): Starlette's BaseHTTPMiddleware wraps
+    # `receive`, and then `request.is_disconnected()` never sees the client leave, so an abandoned
+    # non-streaming request would run to its end while the next ones wait.
+    app.add_middleware(SecurityHeaders)
 
     # ------------------------------------------------------------------------- errors
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return JSONResponse(exc.body, status_code=exc.status)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request, exc: ClientGone):
+        return Response(status_code=499)  # nobody reads it: the client closed the request
+
+    @app.exception_handler(TianciError)
+    async def _tianci_error(request, exc: TianciError):
+        # 4xx when the caller sent something wrong, 5xx when the server's own run or data is at fault
+        e = api_error(exc)
+        return JSONResponse(e.body, status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -116,9 +122,10 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
         try:
             return await run_in_threadpool(cp.form, name, variant)
         except UnknownCipaiError as e:
-            raise ApiError(404, str(e), "cipai", "cipai_not_found", suggestions=e.suggestions) from None
+            raise ApiError(404, e.render("api"), e.param or "cipai", "cipai_not_found",
+                           suggestions=e.suggestions) from None
         except TianciError as e:
-            raise ApiError(400, str(e).replace("--variant", "variant"), "variant") from None
+            raise api_error(e) from None
 
     # ------------------------------------------------------------------------- page
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -165,8 +172,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
                 encode_prompt(run.tokenizer, p)
             except TianciError as e:
                 where = "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]"
-                raise ApiError(400, f"{where}: {e}".replace("; use errors='skip' to drop unknown characters",
-                                                            ""), where) from None
+                raise ApiError(e.status, f"{where}: {e.render('api')}", where) from None
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         opts = SampleOptions(max_new_tokens=16 if req.max_tokens is None else req.max_tokens,
                              temperature=1.0 if req.temperature is None else req.temperature,

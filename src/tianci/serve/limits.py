@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -45,7 +47,11 @@ class Limits:
 
 
 class Busy(Exception):
-    """The wait queue is full."""
+    """The wait queue is full; `retry_after` is the seconds until a slot is likely free."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Cancelled(Exception):
@@ -65,6 +71,7 @@ class Scheduler:
         self.running = 0
         self.served = 0
         self.cancelled = 0
+        self.job_seconds = 1.0  # running mean of a job's duration, for Retry-After
 
     def stats(self) -> dict:
         return {"workers": self.workers, "running": self.running, "waiting": self.waiting,
@@ -72,8 +79,10 @@ class Scheduler:
 
     def check_room(self) -> None:
         if self.waiting >= self.max_waiting and self.running >= self.workers:
+            # the queue ahead drains at about `workers` jobs per mean job duration
+            wait = math.ceil(self.job_seconds * (self.waiting + 1) / self.workers)
             raise Busy(f"the server is busy: {self.waiting} requests are already waiting "
-                       f"(max {self.max_waiting}); retry shortly")
+                       f"(max {self.max_waiting}); retry in about {wait} s", retry_after=max(1, wait))
 
     async def stream(self, work: Callable[[Callable[[Any], None], threading.Event], None]
                      ) -> AsyncIterator[Any]:
@@ -89,6 +98,9 @@ class Scheduler:
         self.waiting += 1
         try:
             await sem.acquire()
+        except asyncio.CancelledError:  # the client left while its job was still queued
+            self.cancelled += 1
+            raise
         finally:
             self.waiting -= 1
         self.running += 1
@@ -115,8 +127,11 @@ class Scheduler:
             except BaseException as e:  # handed to the consumer, which decides the response
                 put((_ERR, e))
 
+        started = time.monotonic()
+
         def release(_fut) -> None:
             self.running -= 1
+            self.job_seconds = 0.8 * self.job_seconds + 0.2 * (time.monotonic() - started)
             sem.release()
 
         try:
@@ -187,6 +202,37 @@ class BodyLimit:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+class SecurityHeaders:
+    """ASGI middleware: nosniff and no-referrer on every response, the CSP on the playground page.
+
+    Pure ASGI on purpose: it passes `receive` through untouched, so the app still sees the
+    client's disconnect (a BaseHTTPMiddleware would hide it)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        page = scope.get("path") == "/"
+
+        async def send_with_headers(msg):
+            if msg["type"] == "http.response.start":
+                headers = [(k, v) for k, v in msg.get("headers", [])
+                           if k.lower() not in (b"x-content-type-options", b"referrer-policy")]
+                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+                if page:
+                    headers.append((b"content-security-policy", CSP.encode()))
+                msg = {**msg, "headers": headers}
+            await send(msg)
+
+        return await self.app(scope, receive, send_with_headers)
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,

@@ -4,9 +4,9 @@ has gone."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import re
 import time
 
 from fastapi import Request
@@ -52,43 +52,51 @@ def compose_job(run, cp, form, req, seed: int):
             if piece:
                 emit(("text", piece))
 
-        try:
-            res = compose(run.model, run.tokenizer, form, start=req.start or None, acrostic=req.acrostic or None,
-                          temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p, seed=seed,
-                          author=req.author or None, on_text=on_text, cipu=cp, phon=cp.phon)
-        except TianciError as e:
-            e.param = e.param or compose_param(str(e), req)  # composer errors carry their param
-            raise
+        res = compose(run.model, run.tokenizer, form, start=req.start or None, acrostic=req.acrostic or None,
+                      temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p, seed=seed,
+                      author=req.author or None, on_text=on_text, cipu=cp, phon=cp.phon)
         emit(("done", res))
     return work
 
 
-def compose_param(msg: str, req) -> str | None:
-    """Which request field a composer error is about (its messages speak of --start/--acrostic)."""
-    for name in ("acrostic", "start"):
-        if f"--{name}" in msg:
-            return name
-    m = re.search(r"'(.)'", msg)
-    for name in ("start", "acrostic"):
-        if m and m.group(1) in (getattr(req, name) or ""):
-            return name
-    return None
-
-
 # ----------------------------------------------------------------------------- streaming glue
 
-async def start_job(sched: Scheduler, job):
-    """Start the job; wait for its first item so that errors still get a proper status code."""
+def api_error(e: TianciError) -> ApiError:
+    """A library error as the API answers it: its own status (4xx: the request; 5xx: this server's
+    run or data), its param, its message as written plus the API's hint."""
+    type_ = "server_error" if e.status >= 500 else "invalid_request_error"
+    return ApiError(e.status, e.render("api"), e.param, type_=type_)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its job produced anything."""
+
+
+async def start_job(request: Request, sched: Scheduler, job):
+    """Start the job; wait for its first item so that errors still get a proper status code.
+
+    While the job waits for a worker (or for its first item) the client is watched: a request
+    whose client left is never started, and one already running is cancelled."""
     agen = sched.stream(job)
+    first = asyncio.ensure_future(agen.__anext__())
     try:
-        first = await agen.__anext__()
+        while not first.done():
+            await asyncio.wait([first], timeout=DISCONNECT_POLL_S)
+            if not first.done() and await request.is_disconnected():
+                first.cancel()
+                with contextlib.suppress(BaseException):
+                    await first
+                await agen.aclose()
+                raise ClientGone()
+        item = first.result()
     except StopAsyncIteration:
         return agen, []
     except Busy as e:
-        raise ApiError(429, str(e), code="queue_full", type_="rate_limit_error") from None
+        raise ApiError(429, str(e), code="queue_full", type_="rate_limit_error",
+                       headers={"Retry-After": str(e.retry_after)}) from None
     except TianciError as e:
-        raise ApiError(400, str(e).replace("--", ""), getattr(e, "param", None)) from None
-    return agen, [first]
+        raise api_error(e) from None
+    return agen, [item]
 
 
 async def job_items(request: Request, agen, head: list):
@@ -106,20 +114,20 @@ async def job_items(request: Request, agen, head: list):
 
 
 async def collect(request: Request, sched: Scheduler, job):
-    agen, head = await start_job(sched, job)
+    agen, head = await start_job(request, sched, job)
     async for item in job_items(request, agen, head):
         yield item
 
 
 async def sse_response(request: Request, sched: Scheduler, job, render, done_marker: bool = False):
-    agen, head = await start_job(sched, job)
+    agen, head = await start_job(request, sched, job)
 
     async def body():
         try:
             async for obj in render(job_items(request, agen, head)):
                 yield f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
         except Exception as e:  # after the headers: report in-band, in the error shape
-            msg = str(e) if isinstance(e, TianciError) else f"internal error: {type(e).__name__}"
+            msg = e.render("api") if isinstance(e, TianciError) else f"internal error: {type(e).__name__}"
             yield f"data: {json.dumps(error_body(msg, 'server_error'), ensure_ascii=False)}\n\n"
         if done_marker:
             yield "data: [DONE]\n\n"
