@@ -73,16 +73,45 @@ def test_shared_flag_name_reaches_every_section():
     (["--n-head", "5"], "n_head", "divisor of n_embd"),
     (["--block-size", "0"], "block_size", "1..65536"),
     (["--learning-rate", "-1"], "learning_rate", "> 0"),
-    (["--attn", "linear"], "attn", "none|single|multi"),
-    (["--grad-accum", "0"], "grad_accum", ">= 1"),
+    (["--init-std", "-1"], "init_std", "0 < init_std <= 1"),
+    (["--weight-decay", "-1"], "weight_decay", ">= 0"),
+    (["--n-embd", "100000"], "n_embd", "1..16384"),
+    (["--learning-rate", "inf"], "learning_rate", "a finite number"),
+    (["--max-time", "nan"], "max_time", "a finite number"),
+    (["--min-lr", "0.1", "--learning-rate", "0.01"], "min_lr", "<= learning_rate"),
+    (["--grad-accum", "0"], "grad_accum", "1..65536"),
     (["--order", "9"], "order", "1..8"),
 ])
 def test_validation_errors_name_field_and_range(argv, field, allowed):
-    """Guards: a bad value that fails deep inside torch, or an error that does not say which
-    field is wrong and what is allowed."""
+    """Guards: a bad value that fails deep inside torch (or trains silently: inf learning rate,
+    negative weight decay or init std, an n_embd that cannot fit in memory), or an error that does
+    not say which field is wrong and what is allowed."""
     with pytest.raises(ConfigError) as e:
         apply_overrides(load_preset("ci-cpu" if field != "order" else "counting"), parse(*argv))
     assert field in str(e.value) and allowed in str(e.value)
+    assert e.value.param == field
+
+
+def test_enum_flags_list_their_choices(capsys):
+    """Guards: enum-like fields taking any string at the command line (a typo found only at
+    validation, with no list of what is allowed in --help)."""
+    with pytest.raises(SystemExit):
+        parse("--attn", "linear")
+    assert "none" in capsys.readouterr().err
+
+
+def test_flag_help_shows_the_chosen_presets_values(capsys):
+    """Guards: --help showing the dataclass default (`--n-layer (default 6)`) while the preset in
+    force uses another value, and flags without help text or allowed range."""
+    from tianci.cli import main
+
+    for argv, want in ((["train", "--help"], "(ci-cpu: 4)"), (["train", "--preset", "ci-gpu", "--help"], "(ci-gpu: 6)")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        line = out[out.index("--n-layer INT transformer"):][:80]
+        assert "transformer blocks; 1..256" in line and want in line, line
+        assert "--norm {none,layernorm,rmsnorm}" in out
 
 
 def test_unknown_preset_lists_known_ones():

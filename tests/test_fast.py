@@ -211,3 +211,16 @@ def test_cuda_device_always_has_an_index(monkeypatch):
     assert pick_device("auto") == torch.device("cuda", 0)
     assert pick_device("cuda") == torch.device("cuda", 0)
     assert pick_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_missing_device_is_a_parameter_error(monkeypatch):
+    """Guards `sample --device cuda` on a CPU-only torch dying with an AssertionError from deep in
+    torch: compute_init names the device and what this machine allows."""
+    from tianci.errors import ParameterError
+    from tianci.runtime import compute_init
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for spec in ("cuda", "cuda:1", "gpu"):
+        with pytest.raises(ParameterError) as e:
+            compute_init(spec, ddp=False)
+        assert e.value.param == "device" and "cpu" in e.value.allowed

@@ -124,3 +124,163 @@ def test_resume_refuses_model_changes(tiny_data, tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--n-layer", "3"]) == 2
     err = capsys.readouterr().err
     assert "--n-layer" in err and err.count("\n") == 1
+
+
+def test_non_finite_loss_stops_with_step_and_lr_and_saves_nothing(tiny_data, tmp_path, capsys):
+    """Guards the silent divergence: `--learning-rate 1e6` (here 1e30, which overflows on every CPU
+    kernel set) exited 0 with NaN weights in the checkpoint. Training must stop with one line naming
+    the step and the learning rate, and every saved weight file must still be finite."""
+    run = tmp_path / "run"
+    assert main(["train", *tiny_flags(tiny_data), "--out", str(run), "--max-iters", "50", "--warmup-iters", "0",
+                 "--learning-rate", "1e30", "--ckpt-interval", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    import re
+    m = re.search(r"non-finite at step (\d+) \(learning rate ([0-9.e+]+)\).*checkpoint \(step (\d+)\) is kept", err)
+    assert m and int(m[1]) >= 1 and float(m[2]) > 1e29, err
+    _, _, step = latest_paths(run)
+    assert step == int(m[3]) <= int(m[1])  # the message names the checkpoint that is kept
+    for path in (latest_paths(run)[0], run / "best.safetensors"):
+        for k, v in load_file(str(path)).items():
+            assert torch.isfinite(v).all(), (path, k)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["step"] <= 1 for r in recs)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_a_checkpoint_and_lose_no_step(tiny_data, tmp_path, sig, capsys):
+    """Guards: SIGTERM / SIGINT writing no checkpoint (up to eval_interval steps lost; 200 and 270
+    were seen). A real training process, signalled mid-run, must exit 128+signum with one line,
+    its latest checkpoint at the last step it logged, and resume from there."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "tianci", "train", *tiny_flags(tiny_data), "--out", str(run),
+                             "--max-iters", "1000000", "--eval-interval", "1000000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 90
+        metrics = run / "metrics.jsonl"
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and metrics.read_text().count("\n") >= 6:  # step 0's eval + 5 train steps
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the trainer exited early"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, err
+    last = err.strip().splitlines()[-1]
+    assert f"stopped by {signal.Signals(sig).name}" in last and "--resume" in last and "Traceback" not in err
+    _, _, step = latest_paths(run)
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert step >= 5 and step == max(logged)  # 0 steps lost
+    assert main(["train", "--resume", str(run), "--max-iters", str(step + 2)]) == 0
+    capsys.readouterr()
+    assert latest_paths(run)[2] == step + 2
+
+
+def test_vocab_size_other_than_the_datas_is_refused(tiny_data, tmp_path, capsys):
+    """Guards `--vocab-size 5` being silently replaced by the data's vocabulary size."""
+    vocab = json.loads((tiny_data / "meta.json").read_text())["vocab_size"]
+    assert main(["train", *tiny_flags(tiny_data), "--out", str(tmp_path / "run"), "--vocab-size", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vocab_size=5" in err and f"0 (take it from the data) or {vocab}" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_trainer_leaves_the_callers_preset_alone(tiny_data, tmp_path):
+    """Guards Trainer changing the caller's preset (vocab_size, device) behind its back."""
+    import copy
+
+    from tianci.config import load_preset
+    from tianci.train import Trainer
+
+    preset = load_preset("bigram")
+    preset.train.device, preset.train.eval_iters, preset.model.block_size = "cpu", 1, 16
+    before = copy.deepcopy(preset)
+    t = Trainer(preset, tiny_data, tmp_path)
+    assert preset == before and t.preset.model.vocab_size > 0
+
+
+def test_typed_errors_and_os_errors_are_one_line(monkeypatch, capsys):
+    """Guards tracebacks for an OSError (disk full during a save) and TianciError hints being
+    dropped by the CLI."""
+    import errno
+
+    from tianci.commands import presets
+    from tianci.errors import TianciError
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "run/ckpt/model.safetensors")
+    monkeypatch.setattr(presets, "run", full)
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err
+    assert err == "tianci presets: error: run/ckpt/model.safetensors: No space left on device\n"
+
+    def bad(args):
+        raise TianciError("x is wrong", hints={"cli": "use --y", "api": "use y"})
+    monkeypatch.setattr(presets, "run", bad)
+    assert main(["presets"]) == 2
+    assert capsys.readouterr().err == "tianci presets: error: x is wrong; use --y\n"
+
+
+def _display(tmp_path, monkeypatch, tty: bool, **train):
+    import io
+
+    from tianci import trackers
+    from tianci.config import TrainConfig
+    from tianci.config import GPTConfig
+    from tianci.model import GPT
+    from tianci.runtime import compute_init
+
+    class Err(io.StringIO):
+        def isatty(self):
+            return tty
+    err = Err()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(trackers, "LINE_EVERY_S", 0.0)
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    tc = TrainConfig(**train)
+    return trackers.Display(tc, model, compute_init("cpu", "float32"), 64, 0, enabled=True), err
+
+
+def test_progress_follows_the_time_budget(tmp_path, monkeypatch):
+    """Guards the bar `0% | 50/1000000 [00:14<31:32:07]` of a time-budgeted run: with --max-time the
+    bar counts seconds of the budget, not the step budget that will never be reached."""
+    d, err = _display(tmp_path, monkeypatch, True, max_time=180.0, max_iters=1_000_000)
+    assert d.bar is not None and d.bar.total == 180
+    d.rate(3.2, 1000.0)
+    d.update(50, 14.0)
+    d.close()
+    text = err.getvalue()
+    assert "14/180 s" in text and "1000000" not in text and "step 50" in text
+
+
+def test_progress_without_a_terminal_prints_plain_lines(tmp_path, monkeypatch):
+    """Guards a piped run (and the ladder) printing nothing for minutes: without a TTY the trainer
+    prints a plain progress line (every LINE_EVERY_S seconds; 0 here), in the budget in force."""
+    d, err = _display(tmp_path, monkeypatch, False, max_iters=1000)
+    assert d.bar is None
+    d.rate(2.5, 1234.0)
+    d.update(100, 5.0)
+    line = err.getvalue().strip().splitlines()[-1]
+    assert line.startswith("train: step 100/1,000") and "10%" in line and "1,234 tok/s" in line
+    d, err = _display(tmp_path, monkeypatch, False, max_time=60.0)
+    d.update(7, 30.0)
+    assert "30/60 s (50%)" in err.getvalue()
+
+
+def test_slow_machine_advice_says_what_it_costs():
+    """Guards the busy-machine demo (171 steps and a val loss worse than the counting model) with no
+    word why: far below the expected rate the advice names the rate, the expected rate and the
+    steps the budget will reach; near the expected rate it says nothing."""
+    from tianci.trackers import SLOW_FACTOR, slow_advice
+
+    assert slow_advice(1000.0, 1000.0 * SLOW_FACTOR * 0.99, 180, 10**6, 0, 0.0, 768) is None
+    msg = slow_advice(730.0, 7300.0, 180, 10**6, 0, 0.0, 768)
+    assert "730 tokens/s" in msg and "10x" in msg and "busy" in msg
+    assert "~171 steps instead of ~1,711" in msg and "worse model" in msg
+    msg = slow_advice(768.0, 7680.0, 0, 1000, 0, 0.0, 768)
+    assert "1,000 steps take ~17 min instead of ~100 s" in msg

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -32,7 +32,48 @@ class ConfigError(TianciError, ValueError):
 
 def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
     if not cond:
-        raise ConfigError(f"{name}={value!r} is not allowed: expected {allowed}")
+        raise ConfigError(f"{name}={value!r} is not allowed: expected {allowed}", param=name, allowed=allowed)
+
+
+def _f(default, help: str, *, choices: tuple | None = None, lo=None, hi=None, lo_open: bool = False,
+       hi_open: bool = False):
+    """A config field with its help text and allowed values: `choices`, or a range lo..hi (either
+    end open with lo_open / hi_open). The metadata drives both validation and the CLI flag's help."""
+    return field(default=default, metadata={"help": help, "choices": choices, "lo": lo, "hi": hi,
+                                            "lo_open": lo_open, "hi_open": hi_open})
+
+
+def allowed_text(f: dataclasses.Field) -> str | None:
+    """The allowed values of a field, in words ("1..256", ">= 0", "0 <= dropout < 1", "none|rope")."""
+    m = f.metadata
+    if m.get("choices"):
+        return "|".join(m["choices"])
+    lo, hi = (None if m.get(k) is None else f"{m[k]:g}" for k in ("lo", "hi"))
+    if lo is not None and hi is not None:
+        if not m["lo_open"] and not m["hi_open"] and f.type in ("int", int):
+            return f"{lo}..{hi}"
+        return f"{lo} {'<' if m['lo_open'] else '<='} {f.name} {'<' if m['hi_open'] else '<='} {hi}"
+    if lo is not None:
+        return f"{'>' if m['lo_open'] else '>='} {lo}"
+    if hi is not None:
+        return f"{'<' if m['hi_open'] else '<='} {hi}"
+    return None
+
+
+def _validate_fields(obj) -> None:
+    """Every field against its metadata; floats must be finite (no field means anything by inf or nan)."""
+    for f in fields(obj):
+        v, m = getattr(obj, f.name), f.metadata
+        if isinstance(v, float) and not math.isfinite(v):
+            _check(False, f.name, v, f"a finite number{', ' + allowed_text(f) if allowed_text(f) else ''}")
+        ok = True
+        if m.get("choices"):
+            ok = v in m["choices"]
+        if m.get("lo") is not None:
+            ok = ok and (v > m["lo"] if m["lo_open"] else v >= m["lo"])
+        if m.get("hi") is not None:
+            ok = ok and (v < m["hi"] if m["hi_open"] else v <= m["hi"])
+        _check(ok, f.name, v, allowed_text(f) or "")
 
 
 @dataclass
@@ -51,45 +92,37 @@ class GPTConfig:
     +dropout:        dropout > 0
     """
 
-    vocab_size: int = 0  # 0 = take it from the data's tokenizer
-    block_size: int = 256
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = True
+    vocab_size: int = _f(0, "tokens in the vocabulary; 0 = the data's tokenizer (any other value must equal it)",
+                         lo=0, hi=1 << 20)
+    block_size: int = _f(256, "context length T in tokens", lo=1, hi=65536)
+    n_layer: int = _f(6, "transformer blocks", lo=1, hi=256)
+    n_head: int = _f(6, "attention heads per block (must divide n_embd)", lo=1, hi=1024)
+    n_embd: int = _f(384, "embedding width C", lo=1, hi=16384)
+    dropout: float = _f(0.0, "dropout probability (training only)", lo=0.0, hi=1.0, hi_open=True)
+    bias: bool = _f(True, "biases in the Linear layers and norms")
     # --- the ladder switches ---
-    pos: str = "learned"  # "none" | "learned" (wpe) | "rope"
-    attn: str = "multi"  # "none" | "single" | "multi"
-    mlp: bool = True
-    residual: bool = True
-    proj: bool = True
-    norm: str = "layernorm"  # "none" | "layernorm" | "rmsnorm"
+    pos: str = _f("learned", "position information: none, learned (wpe) or rope (rotary)",
+                  choices=("none", "learned", "rope"))
+    attn: str = _f("multi", "self-attention: none, single (one head as wide as n_embd) or multi (n_head heads)",
+                   choices=("none", "single", "multi"))
+    mlp: bool = _f(True, "a feed-forward layer after attention")
+    residual: bool = _f(True, "residual connections: x = x + f(x)")
+    proj: bool = _f(True, "output projections and the 4x-wide MLP")
+    norm: str = _f("layernorm", "normalisation before attention and MLP, and ln_f",
+                   choices=("none", "layernorm", "rmsnorm"))
     # --- implementation and modern options ---
-    attn_impl: str = "sdpa"  # "loop" (tutorial: one Head module per head) | "sdpa" (fused QKV)
-    mlp_act: str = "relu"  # "relu" | "gelu" | "relu2" | "swiglu"
-    mlp_ratio: int = 4
-    qk_norm: bool = False
-    tie_embeddings: bool = False
-    zero_init_proj: bool = False
-    logit_softcap: float = 0.0  # 0 = off; else logits = c * tanh(logits / c)
-    init_std: float = 0.02
+    attn_impl: str = _f("sdpa", "attention code: loop (the tutorial's one Head module per head) or sdpa "
+                        "(fused QKV, scaled_dot_product_attention)", choices=("loop", "sdpa"))
+    mlp_act: str = _f("relu", "MLP activation", choices=("relu", "gelu", "relu2", "swiglu"))
+    mlp_ratio: int = _f(4, "MLP hidden width / n_embd", lo=1, hi=64)
+    qk_norm: bool = _f(False, "normalise queries and keys before attention")
+    tie_embeddings: bool = _f(False, "lm_head shares its weights with wte")
+    zero_init_proj: bool = _f(False, "output projections start at zero (each block starts as the identity)")
+    logit_softcap: float = _f(0.0, "0 = off; else logits = c * tanh(logits / c)", lo=0.0, hi=1000.0)
+    init_std: float = _f(0.02, "standard deviation of the normal weight init", lo=0.0, hi=1.0, lo_open=True)
 
     def validate(self) -> "GPTConfig":
-        _check(self.vocab_size >= 0, "vocab_size", self.vocab_size, ">= 0")
-        _check(1 <= self.block_size <= 65536, "block_size", self.block_size, "1..65536")
-        _check(1 <= self.n_layer <= 256, "n_layer", self.n_layer, "1..256")
-        _check(self.n_head >= 1, "n_head", self.n_head, ">= 1")
-        _check(self.n_embd >= 1, "n_embd", self.n_embd, ">= 1")
-        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "0 <= dropout < 1")
-        _check(self.pos in ("none", "learned", "rope"), "pos", self.pos, "none|learned|rope")
-        _check(self.attn in ("none", "single", "multi"), "attn", self.attn, "none|single|multi")
-        _check(self.norm in ("none", "layernorm", "rmsnorm"), "norm", self.norm, "none|layernorm|rmsnorm")
-        _check(self.attn_impl in ("loop", "sdpa"), "attn_impl", self.attn_impl, "loop|sdpa")
-        _check(self.mlp_act in ("relu", "gelu", "relu2", "swiglu"), "mlp_act", self.mlp_act,
-               "relu|gelu|relu2|swiglu")
-        _check(self.mlp_ratio >= 1, "mlp_ratio", self.mlp_ratio, ">= 1")
-        _check(self.logit_softcap >= 0, "logit_softcap", self.logit_softcap, ">= 0")
+        _validate_fields(self)
         if self.attn == "multi":
             _check(self.n_embd % self.n_head == 0, "n_head", self.n_head,
                    f"a divisor of n_embd={self.n_embd}")
@@ -111,52 +144,39 @@ class GPTConfig:
 class TrainConfig:
     """The optimisation run: budgets, schedule, logging, device."""
 
-    batch_size: int = 64
-    max_iters: int = 5000
-    max_time: float = 0.0  # seconds of training; 0 = no time budget
-    learning_rate: float = 3e-4
-    min_lr: float = 3e-5
-    warmup_iters: int = 100
-    lr_decay_iters: int = 0  # 0 = max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 = off
-    grad_accum: int = 1
-    optimizer: str = "adamw"  # "adamw" | "muon" (Muon for 2-D hidden weights, AdamW for the rest)
-    muon_lr: float = 0.02
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    ckpt_interval: int = 0  # 0 = at every eval
-    seed: int = 1337
-    device: str = "auto"  # "auto" (cuda > mps > cpu) | "cpu" | "cuda" | "cuda:1" | "mps"
-    dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
-    compile: bool = False
-    fused_loss: bool = True  # chunked cross-entropy that never materialises full fp32 logit grads
-    log: str = "none"  # "none" | "tensorboard" | "wandb"
-    progress: bool = True
+    batch_size: int = _f(64, "sequences B per micro-batch", lo=1, hi=1 << 16)
+    max_iters: int = _f(5000, "step budget (optimizer steps)", lo=0, hi=10**12)
+    max_time: float = _f(0.0, "time budget in seconds of training; 0 = none (the learning-rate schedule "
+                         "follows the clock)", lo=0.0, hi=1e8)
+    learning_rate: float = _f(3e-4, "peak learning rate (after warmup)", lo=0.0, lo_open=True)
+    min_lr: float = _f(3e-5, "learning rate at the end of the cosine decay (<= learning_rate)", lo=0.0)
+    warmup_iters: int = _f(100, "steps of linear warmup", lo=0)
+    lr_decay_iters: int = _f(0, "steps of cosine decay; 0 = max_iters", lo=0)
+    weight_decay: float = _f(0.1, "AdamW weight decay on matrices and embeddings", lo=0.0)
+    beta1: float = _f(0.9, "AdamW beta1", lo=0.0, hi=1.0, hi_open=True)
+    beta2: float = _f(0.95, "AdamW beta2", lo=0.0, hi=1.0, hi_open=True)
+    grad_clip: float = _f(1.0, "clip the gradient norm to this; 0 = off", lo=0.0)
+    grad_accum: int = _f(1, "micro-batches per optimizer step", lo=1, hi=1 << 16)
+    optimizer: str = _f("adamw", "adamw, or muon (Muon for the 2-D hidden weights, AdamW for the rest)",
+                        choices=("adamw", "muon"))
+    muon_lr: float = _f(0.02, "Muon's peak learning rate", lo=0.0, lo_open=True)
+    eval_interval: int = _f(250, "evaluate (and checkpoint) every this many steps", lo=1)
+    eval_iters: int = _f(20, "batches per split at each evaluation", lo=1)
+    log_interval: int = _f(10, "log a metrics line every this many steps", lo=1)
+    ckpt_interval: int = _f(0, "checkpoint every this many steps; 0 = at every evaluation", lo=0)
+    seed: int = _f(1337, "random seed (weights, batches, dropout)", lo=0, hi=2**62)
+    device: str = _f("auto", "auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")
+    dtype: str = _f("auto", "compute dtype (auto: bf16/fp16 on CUDA, fp32 on CPU)",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool = _f(False, "torch.compile the model")
+    fused_loss: bool = _f(True, "chunked cross-entropy that never materialises full fp32 logit grads")
+    log: str = _f("none", "mirror metrics to an experiment tracker", choices=("none", "tensorboard", "wandb"))
+    progress: bool = _f(True, "progress: a bar on a terminal, a line every few seconds otherwise")
 
     def validate(self) -> "TrainConfig":
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
-        _check(self.max_iters >= 0, "max_iters", self.max_iters, ">= 0")
-        _check(self.max_time >= 0, "max_time", self.max_time, ">= 0 seconds")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
-        _check(self.min_lr >= 0, "min_lr", self.min_lr, ">= 0")
-        _check(self.warmup_iters >= 0, "warmup_iters", self.warmup_iters, ">= 0")
-        _check(self.lr_decay_iters >= 0, "lr_decay_iters", self.lr_decay_iters, ">= 0")
-        _check(0 <= self.beta1 < 1, "beta1", self.beta1, "0 <= beta1 < 1")
-        _check(0 <= self.beta2 < 1, "beta2", self.beta2, "0 <= beta2 < 1")
-        _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
-        _check(self.grad_accum >= 1, "grad_accum", self.grad_accum, ">= 1")
-        _check(self.optimizer in ("adamw", "muon"), "optimizer", self.optimizer, "adamw|muon")
-        _check(self.eval_interval >= 1, "eval_interval", self.eval_interval, ">= 1")
-        _check(self.eval_iters >= 1, "eval_iters", self.eval_iters, ">= 1")
-        _check(self.log_interval >= 1, "log_interval", self.log_interval, ">= 1")
-        _check(self.ckpt_interval >= 0, "ckpt_interval", self.ckpt_interval, ">= 0")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
-               "auto|float32|bfloat16|float16")
-        _check(self.log in ("none", "tensorboard", "wandb"), "log", self.log, "none|tensorboard|wandb")
+        _validate_fields(self)
+        _check(self.min_lr <= self.learning_rate, "min_lr", self.min_lr,
+               f"<= learning_rate ({self.learning_rate})")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                "device", self.device, "auto|cpu|cuda[:N]|mps")
         return self
@@ -166,13 +186,12 @@ class TrainConfig:
 class NGramConfig:
     """The counting model (pure Python): order k n-gram; k=1 is the tutorial's bigram."""
 
-    order: int = 1  # characters of context
-    add_k: float = 0.0  # additive smoothing; 0 = none (unseen -> backoff)
-    seed: int = 1337
+    order: int = _f(1, "characters of context (1 = the bigram)", lo=1, hi=8)
+    add_k: float = _f(0.0, "additive smoothing; 0 = none (unseen contexts back off)", lo=0.0)
+    seed: int = _f(1337, "random seed (weights, batches, dropout)", lo=0, hi=2**62)
 
     def validate(self) -> "NGramConfig":
-        _check(1 <= self.order <= 8, "order", self.order, "1..8")
-        _check(self.add_k >= 0, "add_k", self.add_k, ">= 0")
+        _validate_fields(self)
         return self
 
 
@@ -271,8 +290,10 @@ def _flag(section: str, name: str) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, sections=("model", "train", "ngram")) -> None:
-    """Add one flag per config field (kebab-case). Defaults are None so presets show through."""
-    seen = set()
+    """Add one flag per config field (kebab-case), its help from the field's metadata. Defaults are
+    None so presets show through; --help shows each field's value in the preset chosen by
+    --preset (given before --help, else the command's default preset)."""
+    seen, owner = set(), {}
     for sec in sections:
         group = parser.add_argument_group(f"{sec} config (overrides the preset)")
         for f in fields(SECTIONS[sec]):
@@ -283,12 +304,49 @@ def add_config_flags(parser: argparse.ArgumentParser, sections=("model", "train"
             kw: dict[str, Any] = dict(dest=f"cfg_{sec}__{f.name}", default=None)
             if t == "bool":
                 kw["action"] = argparse.BooleanOptionalAction
+            elif f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
             else:
                 kw["type"] = {"int": int, "float": float}.get(t, str)
                 kw["metavar"] = t.upper()
-            default = f.default if f.default is not dataclasses.MISSING else None
-            kw["help"] = f"(default {default!r})"
+            kw["help"] = _flag_help(f, sec, None)
+            owner[kw["dest"]] = (sec, f)
             group.add_argument(_flag(sec, f.name), **kw)
+
+    class ConfigHelp(argparse.Action):
+        def __init__(self, option_strings, dest, **kw):
+            super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                             help="show this help (with --preset NAME first: that preset's values) and exit")
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            name = getattr(namespace, "preset", None)
+            try:
+                preset = load_preset(name) if name else None
+            except ConfigError:
+                preset = None
+            for action in parser._actions:
+                if action.dest in owner:
+                    sec, f = owner[action.dest]
+                    action.help = _flag_help(f, sec, preset)
+            parser.print_help()
+            parser.exit()
+
+    group, before = parser._optionals, parser._optionals.conflict_handler
+    group.conflict_handler = "resolve"  # replace the stock -h/--help (argparse has no public way)
+    group.add_argument("-h", "--help", action=ConfigHelp)
+    group.conflict_handler = before
+
+
+def _flag_help(f: dataclasses.Field, sec: str, preset: Preset | None) -> str:
+    allowed = allowed_text(f)
+    text = f.metadata.get("help", "")
+    if allowed and not f.metadata.get("choices"):  # argparse lists choices itself
+        text += f"; {allowed}"
+    if preset is not None:
+        text += f" ({preset.name}: {getattr(getattr(preset, sec), f.name)!r})"
+    else:
+        text += f" (default {f.default!r})"
+    return text.replace("%", "%%")
 
 
 def apply_overrides(preset: Preset, args: argparse.Namespace) -> Preset:

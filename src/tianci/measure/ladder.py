@@ -64,7 +64,9 @@ def rung_preset(name: str, opts: LadderOptions) -> Preset:
         tc.lr_decay_iters = 0  # with a time budget the cosine follows the clock, not the step
         # Evaluate the same number of tokens for every rung, a handful of times per budget.
         tc.eval_iters = max(2, round(EVAL_TOKENS / (tc.batch_size * preset.model.block_size)))
-        tc.device, tc.progress, tc.log = opts.device, False, "none"
+        # the trainer's own bar is off on a terminal (the ladder draws one bar); piped, its progress
+        # lines are what keeps the ladder from being silent for its whole run
+        tc.device, tc.progress, tc.log = opts.device, opts.progress and not sys.stderr.isatty(), "none"
     return validate(preset)
 
 
