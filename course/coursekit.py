@@ -37,18 +37,24 @@ def budget(normal, fast):
     return fast if FAST else normal
 
 
-def tianci_cli(*args: str, quiet: bool = False) -> str:
-    """Run `python -m tianci ARGS...` exactly as in a terminal; print and return its output."""
+def tianci_cli(*args: str, quiet: bool = False, torchrun: int = 0, tail: int = 0) -> str:
+    """Run `python -m tianci ARGS...` exactly as in a terminal; print and return its output
+    (only its last `tail` lines, if given). torchrun=N launches it as
+    `torchrun --standalone --nproc_per_node=N -m tianci ARGS...`."""
     env = dict(os.environ)
     src = str(REPO / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "tianci", *map(str, args)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else []
+    if torchrun:
+        env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
+    cmd = [sys.executable, *launcher, "-m", "tianci", *map(str, args)]
     if not quiet:
-        print("$ tianci " + " ".join(map(str, args)))
+        shown = f"torchrun --standalone --nproc_per_node={torchrun} -m tianci" if torchrun else "tianci"
+        print(f"$ {shown} " + " ".join(map(str, args)))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     out = (p.stdout + p.stderr).strip()
     if not quiet and out:
-        print(out)
+        print("\n".join(out.splitlines()[-tail:]) if tail else out)
     if p.returncode != 0:
         raise RuntimeError(f"`tianci {' '.join(map(str, args))}` failed (exit {p.returncode}):\n{out}")
     return out
