@@ -119,10 +119,22 @@ class GPTConfig:
     tie_embeddings: bool = _f(False, "lm_head shares its weights with wte")
     zero_init_proj: bool = _f(False, "output projections start at zero (each block starts as the identity)")
     logit_softcap: float = _f(0.0, "0 = off; else logits = c * tanh(logits / c)", lo=0.0, hi=1000.0)
+    head: str = _f("full", "output layer: full (one V-way linear) or adaptive (adaptive softmax: frequent "
+                   "tokens in a small head, rare ones in cheaper tail clusters; exact full log-probs)",
+                   choices=("full", "adaptive"))
+    head_cutoffs: str = _f("", "adaptive head: comma-separated frequency-rank cluster cutoffs; empty = V/12, V/3")
     init_std: float = _f(0.02, "standard deviation of the normal weight init", lo=0.0, hi=1.0, lo_open=True)
 
     def validate(self) -> "GPTConfig":
         _validate_fields(self)
+        if self.head == "adaptive":
+            _check(not self.tie_embeddings, "tie_embeddings", self.tie_embeddings,
+                   "false with head='adaptive' (its clusters are not the embedding matrix)")
+            _check(self.logit_softcap == 0, "logit_softcap", self.logit_softcap, "0 with head='adaptive'")
+            if self.vocab_size:
+                cuts = self.adaptive_cutoffs()
+                _check(len(cuts) >= 1 and all(a < b for a, b in zip([0] + cuts, cuts + [self.vocab_size])),
+                       "head_cutoffs", self.head_cutoffs, f"increasing integers in 1..{self.vocab_size - 1}")
         if self.attn == "multi":
             _check(self.n_embd % self.n_head == 0, "n_head", self.n_head,
                    f"a divisor of n_embd={self.n_embd}")
@@ -130,6 +142,16 @@ class GPTConfig:
             hs = self.head_size
             _check(hs % 2 == 0, "pos", self.pos, f"'rope' needs an even head size (got {hs})")
         return self
+
+    def adaptive_cutoffs(self) -> list[int]:
+        """Frequency-rank boundaries of the adaptive head's clusters (needs vocab_size)."""
+        if not self.head_cutoffs.strip():
+            return [max(1, self.vocab_size // 12), max(2, self.vocab_size // 3)]
+        try:
+            return [int(c) for c in self.head_cutoffs.split(",")]
+        except ValueError:
+            raise ConfigError(f"head_cutoffs={self.head_cutoffs!r} is not allowed: expected comma-separated integers",
+                              param="head_cutoffs", allowed="comma-separated integers") from None
 
     @property
     def heads(self) -> int:

@@ -112,3 +112,58 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         mm_dtype = torch.get_autocast_dtype(dev)
     with torch.autocast(device_type=dev, enabled=False):
         return _LinearCrossEntropy.apply(h, weight, targets, float(softcap), mm_dtype)
+
+
+class AdaptiveHead(torch.nn.Module):
+    """The output layer as an adaptive softmax (Grave et al. 2017, torch's AdaptiveLogSoftmaxWithLoss).
+
+    Tokens are ranked by corpus frequency; the `cutoffs[0]` most frequent ones and one logit per
+    tail cluster form the head, each tail cluster is a cheaper low-rank projection (width C / 4^i)
+    run only for the rows whose target falls in it. On a Zipfian character vocabulary most targets
+    are head tokens, so the V-way projection -- half of ci-cpu's FLOPs per token -- mostly shrinks to
+    a cutoffs[0]-way one.
+
+    ASM needs its classes in frequency order; the char tokenizer's ids are code-point order, so the
+    head keeps the permutation as buffers (saved with the weights): `rank[id]` = frequency rank,
+    `order[rank]` = id. `set_frequencies(counts)` fixes it from the training tokens (identity
+    until then). `log_prob` returns the exact full distribution in token-id order, so sampling and
+    the constrained decoder see the same V log-probabilities the loss was computed from."""
+
+    def __init__(self, n_embd: int, vocab_size: int, cutoffs: list[int], div_value: float = 4.0):
+        super().__init__()
+        self.asm = torch.nn.AdaptiveLogSoftmaxWithLoss(n_embd, vocab_size, cutoffs, div_value=div_value,
+                                                       head_bias=False)
+        self.register_buffer("rank", torch.arange(vocab_size))
+        self.register_buffer("order", torch.arange(vocab_size))
+        # share of training targets in each tail cluster (1 = unknown: FLOP counts are an upper bound)
+        self.register_buffer("tail_mass", torch.ones(len(cutoffs)))
+
+    @torch.no_grad()
+    def set_frequencies(self, counts: torch.Tensor) -> None:
+        """counts (V,): occurrences of each token id; ties keep id order (deterministic)."""
+        order = torch.sort(-counts.to(torch.float64), stable=True).indices.to(self.order.device)
+        self.order.copy_(order)
+        self.rank[order] = torch.arange(len(order), device=self.rank.device)
+        c = counts.to(torch.float64)[order.cpu()]
+        bounds = list(self.asm.cutoffs)  # [c0, c1, ..., V]
+        total = max(float(c.sum()), 1.0)
+        self.tail_mass.copy_(torch.tensor([float(c[a:b].sum()) / total for a, b in zip(bounds, bounds[1:])]))
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """h (N, C), targets (N,) token ids -> mean cross-entropy (nats), 0-d."""
+        assert bool((targets >= 0).all()), "the adaptive head has no ignore_index"
+        return self.asm(h, self.rank[targets]).loss
+
+    def log_prob(self, h: torch.Tensor) -> torch.Tensor:
+        """h (..., C) -> full log-probabilities (..., V) in token-id order (logsumexp = 0 per row)."""
+        lead = h.shape[:-1]
+        lp = self.asm.log_prob(h.reshape(-1, h.size(-1)))  # (N, V) in frequency-rank order
+        return lp[:, self.rank].view(*lead, -1)
+
+    def flops_per_token(self) -> int:
+        """Training matmul FLOPs per token: the head always, tail cluster i for the share of targets
+        it holds (tail_mass)."""
+        n = float(self.asm.head.weight.numel())
+        for t, mass in zip(self.asm.tail, self.tail_mass.tolist()):
+            n += sum(m.weight.numel() for m in t) * mass
+        return int(6 * n)

@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from .config import GPTConfig
-from .losses import linear_cross_entropy
+from .losses import AdaptiveHead, linear_cross_entropy
 
 
 class KVCache:
@@ -232,7 +232,10 @@ class GPT(nn.Module):
         has_block = cfg.attn != "none" or cfg.mlp
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer if has_block else 0))
         self.ln_f = _norm(cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.head == "adaptive":  # adaptive softmax: cheap for rare tokens (losses.AdaptiveHead)
+            self.lm_head = AdaptiveHead(cfg.n_embd, cfg.vocab_size, cfg.adaptive_cutoffs())
+        else:
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one matrix both reads and writes tokens
         self.apply(self._init_weights)
@@ -292,6 +295,9 @@ class GPT(nn.Module):
         return self.logits(self.ln_f(x))[:, -1, :]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, V) logits; the adaptive head returns exact log-probabilities (same softmax)."""
+        if self.config.head == "adaptive":
+            return self.lm_head.log_prob(x)
         logits = self.lm_head(x)
         c = self.config.logit_softcap
         return c * torch.tanh(logits / c) if c > 0 else logits
@@ -304,6 +310,9 @@ class GPT(nn.Module):
         x = self.hidden(idx, kv_cache)
         if targets is None:
             return self.logits(x), None
+        if self.config.head == "adaptive":  # its loss never needs the full V-way logits either
+            loss = self.lm_head.loss(x.reshape(-1, x.size(-1)), targets.reshape(-1))
+            return (self.logits(x) if return_logits else None), loss
         if not return_logits:
             loss = linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
                                         softcap=self.config.logit_softcap)
@@ -317,13 +326,14 @@ class GPT(nn.Module):
         counting matmuls and attention scores at full context (nanoGPT / PaLM appendix B)."""
         cfg = self.config
         n = sum(p.numel() for name, p in self.named_parameters()
-                if p.dim() == 2 and not name.startswith(("wte", "wpe")))
-        if cfg.tie_embeddings:
+                if p.dim() == 2 and not name.startswith(("wte", "wpe", "lm_head")))
+        head = self.lm_head.flops_per_token() if cfg.head == "adaptive" else 0
+        if cfg.head == "full":
             n += self.lm_head.weight.numel()
         attn = 0
         if cfg.attn != "none":
             attn = len(self.h) * 2 * cfg.block_size * cfg.n_embd  # q.k and att.v, average ~T/2 each
-        return 6 * n + 6 * attn
+        return 6 * n + 6 * attn + head
 
 
 def convert_attention_state(sd: dict, cfg: GPTConfig, to: str) -> dict:

@@ -65,6 +65,12 @@ class Batches:
         return x.to(self.device), y.to(self.device)
 
 
+def token_counts(path: Path, dtype: str, vocab_size: int) -> torch.Tensor:
+    """Occurrences of each token id in a token file: (V,) int64."""
+    data = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    return torch.from_numpy(np.bincount(data, minlength=vocab_size)[:vocab_size].astype(np.int64))
+
+
 def batch_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 4099 + micro) % (2**62)
 
@@ -173,6 +179,9 @@ class Trainer:
         self.compute = compute or compute_init(tc.device, tc.dtype, seed=tc.seed)
         self.device = self.compute.device
         self.model = GPT(self.preset.model).to(self.device)
+        if self.preset.model.head == "adaptive":  # frequency order for its clusters (resume reloads it)
+            self.model.lm_head.set_frequencies(token_counts(self.data_dir / "train.bin", self.meta["dtype"],
+                                                            self.preset.model.vocab_size))
         self.optimizers = build_optimizers(self.model, tc, self.device.type)
         self.counters = Counters()
         if resume:
