@@ -71,6 +71,20 @@ def test_frequency_order_puts_frequent_ids_in_the_head():
     assert m.flops_per_token() < full.flops_per_token()
 
 
+def test_adaptive_head_runs_under_bf16_autocast():
+    """Guards: torch's AdaptiveLogSoftmaxWithLoss failing under autocast (index_copy_ of a bf16
+    cluster output into its fp32 buffer), i.e. `--dtype bfloat16` crashing with head=adaptive."""
+    torch.manual_seed(0)
+    m = GPT(small_cfg())
+    idx, y = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp, loss = m(idx, y)
+    loss.backward()
+    assert lp.dtype == torch.float32 and torch.isfinite(loss)
+    nll = -lp.gather(-1, y[..., None]).mean()
+    torch.testing.assert_close(loss, nll, atol=1e-4, rtol=1e-4)
+
+
 def test_adaptive_head_gradients_reach_every_cluster():
     """Guards: a tail cluster cut off from the graph (no gradient -> never learns rare tokens)."""
     torch.manual_seed(0)

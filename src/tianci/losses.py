@@ -152,12 +152,15 @@ class AdaptiveHead(torch.nn.Module):
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """h (N, C), targets (N,) token ids -> mean cross-entropy (nats), 0-d."""
         assert bool((targets >= 0).all()), "the adaptive head has no ignore_index"
-        return self.asm(h, self.rank[targets]).loss
+        # fp32 inside: torch's ASM cannot mix an autocast bf16 cluster output into its fp32 loss
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.asm(h.float(), self.rank[targets]).loss
 
     def log_prob(self, h: torch.Tensor) -> torch.Tensor:
         """h (..., C) -> full log-probabilities (..., V) in token-id order (logsumexp = 0 per row)."""
         lead = h.shape[:-1]
-        lp = self.asm.log_prob(h.reshape(-1, h.size(-1)))  # (N, V) in frequency-rank order
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            lp = self.asm.log_prob(h.reshape(-1, h.size(-1)).float())  # (N, V) in frequency-rank order
         return lp[:, self.rank].view(*lead, -1)
 
     def flops_per_token(self) -> int:
