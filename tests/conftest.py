@@ -25,6 +25,44 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
+# ----------------------------------------------------------------------------- the numerics marker
+
+# Tests whose outcome depends on floating-point kernels: training to a loss, fused vs reference
+# paths, cached vs full forwards, int8 vs fp32, bitwise resume. .ci/run reruns `-m numerics` under
+# every ATen CPU kernel set the CPU offers (ATEN_CPU_CAPABILITY=default/avx2/avx512) and with 1 and
+# 2 threads, because a result that only holds for one CPU's kernels (issue 10: a loss threshold met
+# on AVX2, missed on AVX-512) is a bug in the test or the code. Marked here by module, so a new test
+# in these files is covered without remembering the marker; a test elsewhere can use
+# @pytest.mark.numerics directly.
+NUMERICS_MODULES = {"test_model.py", "test_fast.py", "test_quant.py", "test_generate.py"}
+NUMERICS_TESTS = {"test_plot.py::test_attention_weights_are_the_models",
+                  "test_train.py::test_resume_is_bitwise_exact"}
+# Left out of the matrix for time, still run once by `make test`: test_generate's compiled decoding
+# (~10 s of torch.compile per run) and test_ddp (two torchrun launches, ~45 s, and its processes
+# pin one thread themselves).
+NOT_NUMERICS = {"test_generate.py::test_compiled_decoding_matches_eager"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "numerics: depends on float kernels; CI reruns these under each "
+                                       "ATEN_CPU_CAPABILITY and thread count")
+
+
+def pytest_report_header(config):
+    import torch  # the kernel set and thread count really in force: the .ci/run matrix prints them
+
+    return (f"torch {torch.__version__}: CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.name
+        test = f"{module}::{item.originalname}"
+        if (module in NUMERICS_MODULES or test in NUMERICS_TESTS) and test not in NOT_NUMERICS:
+            item.add_marker(pytest.mark.numerics)
+
+
 def _find(env: str, fallback: Path, probe: str) -> Path:
     p = Path(os.environ[env]) if os.environ.get(env) else fallback
     if not (p / probe).exists():

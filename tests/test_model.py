@@ -71,7 +71,7 @@ def test_rung_is_causal(name):
 @pytest.mark.parametrize("name", RUNGS)
 def test_rung_overfits_one_batch(name):
     """Guards: a rung that cannot learn (detached graph, frozen parameters, a broken residual or
-    norm): 100-150 AdamW steps on one small batch must cut the loss to a fraction of ln(vocab)."""
+    norm): AdamW on one small batch must drive the loss below what learning the task requires."""
     m = model_for(name, dropout=0.0).train()
     T = min(16, m.config.block_size)
     g = torch.Generator().manual_seed(3)
@@ -81,22 +81,34 @@ def test_rung_overfits_one_batch(name):
     x[:, 0] = torch.randint(V, (4,), generator=g)
     for t in range(T):
         x[:, t + 1] = succ[x[:, t]]
+    # What the loss must reach, derived from the batch, not from one CPU's run. A model that ignores
+    # its input can at best predict the targets' unigram distribution: loss >= its entropy H (3.2
+    # nats here, ln V = 4.1). The +blocks rung stacks three blocks with neither residuals nor norms,
+    # and the tutorial's lesson is exactly that such a stack optimises badly (it wanders between 1
+    # and 2.5 nats), so it only has to beat every input-blind model. Every other rung must learn the
+    # table: loss < ln(V)/10 means a mean probability > 2/3 on the right successor.
+    counts = torch.bincount(x[:, 1:].flatten(), minlength=V).float()
+    p = counts[counts > 0] / counts.sum()
+    blind = -(p * p.log()).sum().item()
+    target = blind if name == "blocks" else math.log(V) / 10
+    assert target <= blind < math.log(V)  # the batch is informative: its successors are not uniform
+    # Stop at the first step that reaches the target. Without norms, Adam near zero loss takes
+    # oversized steps and the loss spikes and recovers (projection: 0.015 -> 2.5 -> 0.04 around
+    # step 100 with the AVX-512 kernels, not with AVX2), so the loss at a fixed step measures where
+    # a spike lands, not whether the rung can learn. Every rung reached its target within 63 steps
+    # under ATEN_CPU_CAPABILITY=default/avx2/avx512 x 1/2 threads; 300 steps is ~5x that.
     # Residual stacks want a smaller step; the shallow no-residual rungs need a larger one.
-    lr, steps = (3e-3, 100) if m.config.residual and m.config.attn != "none" else (1e-2, 150)
+    lr = 3e-3 if m.config.residual and m.config.attn != "none" else 1e-2
     opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
-    first = None
-    for _ in range(steps):
+    for _ in range(300):
         _, loss = m(x[:, :-1], x[:, 1:])
-        first = first if first is not None else loss.item()
+        if loss.item() < target:
+            break
         opt.zero_grad()
         loss.backward()
         opt.step()
-    _, loss = m.eval()(x[:, :-1], x[:, 1:])
-    # The +blocks rung stacks three blocks with neither residuals nor norms: the tutorial's
-    # lesson is exactly that such a stack optimises badly (it plateaus near 2 nats here), so it
-    # only has to learn something; every other rung must fit the batch almost perfectly.
-    factor = 1.5 if name == "blocks" else 10
-    assert loss.item() < first / factor, (name, first, loss.item())
+    _, loss = m.eval()(x[:, :-1], x[:, 1:])  # dropout is 0: the same loss the loop stopped on
+    assert loss.item() < target, (name, target, loss.item())
 
 
 def test_dropout_is_active_in_train_mode_only():

@@ -166,11 +166,12 @@ def test_train_and_sample_run(data_dir, tmp_path):
 
 
 def test_real_corpus_bigram(poetry_dir, tmp_path):
-    """Guards: the counting bigram on the real corpus becoming slow or its val loss drifting
-    (6.84 bits/char on the seeded per-poem split when this test was written)."""
+    """Guards: the counting bigram's val loss on the real corpus drifting (6.84 bits/char on the
+    seeded per-poem split when this test was written). Pure-Python counts, no float kernels: the
+    figure is the same on every CPU. (Its speed is not asserted: a wall-clock limit fails on a busy
+    or slow machine and proves nothing about the code.)"""
     skipped: list[str] = []
     poems = C.load_poems(poetry_dir, skipped=skipped)
     C.build(C.Corpus([p.text() for p in poems], str(poetry_dir), poems), tmp_path / "ci")
     res = train_run(load_preset("counting"), tmp_path / "ci", tmp_path / "run", quiet=True)
     assert 6.7 < res["val_bpc"] < 7.0 and res["train_loss"] < res["val_loss"]
-    assert res["time"] < 60

@@ -333,9 +333,8 @@ def test_live_disconnect_frees_slot_and_loop_stays_free(live):
                                                        "temperature": 1.0}) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
-            t = time.monotonic()
+            # answered while a generation is running (a blocked loop would answer only after it)
             assert c.get("/healthz").json()["queue"]["running"] == 1
-            assert time.monotonic() - t < 5  # answered while a generation is running
         for _ in range(500):
             q = c.get("/healthz").json()["queue"]
             if q["running"] == 0:
