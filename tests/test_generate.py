@@ -339,3 +339,20 @@ def test_compiled_decoding_matches_eager():
         comp = torch.stack(list(generate(m, idx, 30, temperature=0, compiled=True)), 1)
         assert torch.equal(eager, comp)
         assert m.__dict__["_compiled_steps"][2] is not None  # it really ran compiled
+
+
+def test_sample_on_a_counting_run_names_the_flags_it_ignores(tiny_data, tmp_path, capsys):
+    """Guards: `sample` on a counting run silently ignoring --stop-at-end --top-k --top-p
+    --quantize --compile (the user believes they applied)."""
+    from tianci.cli import main
+
+    run = tmp_path / "count"
+    assert main(["train", "--preset", "counting", "--data", str(tiny_data), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--run", str(run), "--prompt", "春", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err  # nothing to say when every flag applies
+    assert main(["sample", "--run", str(run), "--prompt", "春", "--max-new-tokens", "5", "--stop-at-end",
+                 "--top-k", "3", "--top-p", "0.9", "--quantize", "int8", "--compile"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "counting run" in err
+    assert all(f in err for f in ("--stop-at-end", "--top-k", "--top-p", "--quantize", "--compile"))

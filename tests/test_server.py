@@ -425,3 +425,54 @@ def test_server_fault_is_5xx_and_docs_off_by_default(world):
     app2 = create_app(world["run"], load_cipu=False, limits=Limits(**LIMITS), docs=True)
     with TestClient(app2) as c:
         assert c.get("/docs").status_code == 200
+
+
+class _BrokenModel:
+    """A model whose forward fails the way a broken run does (RunError) or a bug does."""
+
+    def __init__(self, exc):
+        import torch
+        self.exc, self.p = exc, torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self.p])
+
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def __call__(self, *a, **k):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc,words", [("run", "weights"), ("bug", "IndexError")])
+def test_server_faults_are_5xx_with_a_message(world, exc, words):
+    """Guards: a fault of the server's own run (RunError) or an unexpected exception answered as
+    400, blaming the client, or as a bare 500 without saying what failed."""
+    from tianci.checkpoint import load_run
+    from tianci.errors import RunError
+
+    run = load_run(world["run"])
+    run.model = _BrokenModel(RunError("the run's weights are not finite") if exc == "run"
+                             else IndexError("index 7 is out of bounds"))
+    with TestClient(create_app(run, load_cipu=False), raise_server_exceptions=False) as c:
+        for stream in (False, True):
+            r = c.post("/v1/completions", json={"prompt": "春", "max_tokens": 2, "stream": stream})
+            e = err(r, 500)
+            assert e["type"] == "server_error" and words in e["message"]
+
+
+def test_docs_work_offline(world):
+    """Guards: /docs and /redoc (with --docs) loading Swagger UI / ReDoc from a CDN (blank pages offline)."""
+    pytest.importorskip("fastapi_offline")
+    client = TestClient(create_app(world["run"], load_cipu=False, docs=True))
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page).text
+        assert f"/docs-assets/{asset}" in html and "cdn" not in html.lower() and "googleapis" not in html
+        js = client.get(f"/docs-assets/{asset}")
+        assert js.status_code == 200 and len(js.content) > 100_000
+    assert client.get("/docs-assets/../app.py").status_code == 404

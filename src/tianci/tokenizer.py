@@ -32,8 +32,11 @@ class UnknownCharError(TianciError, ValueError):
     def __init__(self, char: str, position: int, count: int = 1):
         self.char, self.position = char, position
         more = f" ({count - 1} more unknown characters follow)" if count > 1 else ""
+        # the remedy differs per front end (a library caller can pass errors="skip")
         super().__init__(f"character {char!r} (U+{ord(char):04X}) at position {position} is not in the "
-                         f"tokenizer's vocabulary{more}; use errors='skip' to drop unknown characters")
+                         f"tokenizer's vocabulary{more}",
+                         hints={"cli": "remove it from the text", "api": "remove it from the prompt",
+                                "python": "encode(..., errors='skip') drops unknown characters"})
 
 
 class UnknownTokenError(TianciError, ValueError):

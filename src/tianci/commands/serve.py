@@ -30,8 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="cap on a request body")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--docs", action="store_true",
-                   help="serve /docs and /redoc (their pages load Swagger UI / ReDoc from a CDN, so they need "
-                   "internet in the browser; /openapi.json is always served)")
+                   help="serve /docs and /redoc (offline, from the fastapi-offline package of the serve extra; "
+                   "without it they load Swagger UI / ReDoc from a CDN; /openapi.json is always served)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -46,8 +46,9 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
                model_name: str | None = None, docs: bool = False) -> FastAPI:
     """run: a run directory or a loaded `checkpoint.Run`. cipu: a ready `cipai.CiPu`; None opens the
     run's (词谱 + phonology + the run's corpus) unless load_cipu is False -- then the 词牌 routes
-    answer 503 and the rest still works. docs: serve /docs and /redoc, whose pages load their
-    scripts from a CDN (so they are off by default: blank offline); /openapi.json is always there."""
+    answer 503 and the rest still works. docs: serve /docs and /redoc -- with the scripts that the
+    `fastapi-offline` package ships where it is installed (they work offline), else FastAPI's pages,
+    which load them from a CDN; off by default. /openapi.json is always there."""
     from ..checkpoint import Run, load_run
 
     if not isinstance(run, Run):
@@ -68,13 +69,19 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
     static = {name: (resources.files("tianci.serve") / "static" / name).read_bytes() for name in STATIC}
     created = int(time.time())
 
-    app = FastAPI(title="tianci", version=_version(), docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None,
+    from .docs import load_assets
+    assets = load_assets() if docs else None  # local Swagger UI / ReDoc when a package ships them
+    cdn_docs = docs and assets is None
+    app = FastAPI(title="tianci", version=_version(), docs_url="/docs" if cdn_docs else None,
+                  redoc_url="/redoc" if cdn_docs else None,
                   description="Song ci (宋词) from a small GPT: an OpenAI-compatible completions API "
                   "and 填词 to a chosen 词牌 with guaranteed form, tone and rhyme.")
     app.state.run, app.state.limits, app.state.scheduler, app.state.cipu = run, lim, sched, cipu
     app.state.model_id = model_id
     app.add_middleware(BodyLimit, max_bytes=lim.max_body_bytes)
+    if assets is not None:
+        from .docs import add_docs
+        add_docs(app, assets)
 
     # A pure ASGI middleware, not @app.middleware("http"): Starlette's BaseHTTPMiddleware wraps
     # `receive`, and then `request.is_disconnected()` never sees the client leave, so an abandoned
