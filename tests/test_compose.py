@@ -330,3 +330,59 @@ def test_composer_reuses_its_tables():
     assert other.masks(FORM) is not c.masks(FORM)
     r = compose(TinyLM(tok.vocab_size), tok, FORM, seed=0, author="某", composer=c)
     assert check_poem(r.text, FORM, PHON).form_ok and len(c._masks) == 1
+
+
+def corpus_of(texts):
+    from tianci.ci.corpus_stats import CorpusPoem, CorpusStats
+
+    return CorpusStats.from_poems([CorpusPoem("测试", "某", [t]) for t in texts])
+
+
+class Fav(nn.Module):
+    """A model that always prefers one token (the rest uniform): what it writes where it may is known."""
+
+    def __init__(self, vocab: int, fav: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(vocab))
+        with torch.no_grad():
+            self.bias[fav] = 10.0
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        return self.bias.expand(*idx.shape, -1), None
+
+
+def test_clause_does_not_end_on_a_word_real_ci_never_ends_one_with():
+    """Guards broken clauses (秋水不，): the decoder forcing a pause right after a character real ci
+    almost never ends a clause with. With the craft rule the favourite 山 (never clause-final in the
+    corpus) stays inside clauses; without it, it ends one; the form stays exact either way."""
+    from tianci.ci.judge import Judge
+
+    tok = tok_of(ALL_HAN)
+    judge = Judge.from_corpus(corpus_of(["山春花，山秋水。"] * 60), order=2)
+    assert "山" in judge.ends.rare
+    model = Fav(tok.vocab_size, tok.encode("山")[0])
+    for clause_ends, want in ((False, True), (True, False)):
+        r = compose(model, tok, FORM, author="某", seed=0, composer=Composer(tok, PHON, judge=judge, clause_ends=clause_ends))
+        assert check_poem(r.text, FORM, PHON).form_ok
+        assert ("山，" in r.text) is want, r.text
+
+
+def test_candidates_keep_the_judges_best_draft():
+    """Guards reranking returning a draft other than the judge's best (or decoding the drafts
+    differently from plain sampling): the poem is the lowest-scoring of the M drafts that the same
+    seed draws without reranking."""
+    from tianci.ci.judge import Judge
+
+    tok = tok_of(ALL_HAN)
+    judge = Judge.from_corpus(corpus_of(["东风红，春水动。", "秋山空，花月重。"] * 30), order=3)
+    c = Composer(tok, PHON, judge=judge, clause_ends=False)
+    m = TinyLM(tok.vocab_size, 3)
+    drafts = compose_batch(m, tok, FORM, 5, seed=7, temperature=1.5, author="某", composer=c)
+    scores = judge.scores([d.text for d in drafts], FORM.rhyme, FORM.repeat)
+    seen = []
+    best = compose(m, tok, FORM, seed=7, temperature=1.5, author="某", composer=c, candidates=5,
+                   on_text=seen.append)
+    assert best.text == drafts[scores.index(min(scores))].text and seen == [best.text + "\n"]
+    with pytest.raises(TianciError) as e:
+        compose(m, tok, FORM, candidates=2, phon=PHON)
+    assert e.value.param == "candidates"

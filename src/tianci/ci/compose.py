@@ -129,21 +129,36 @@ class FormMasks:
                                       allowed="a run whose vocabulary has the corpus punctuation")
                 self.strict[j] = self.tone_only[j] = m
         self.newline = vt.one_hot("\n")
+        # a character slot right before a mark or newline ends a clause
+        self.final = [c.is_char and j + 1 < len(self.cells) and not self.cells[j + 1].is_char
+                      for j, c in enumerate(self.cells)]
 
 
 class Composer:
     """What composing needs besides the model, built once and held by the caller: the tokenizer's
     vocabulary tables and the masks of every form used so far (keyed by the form itself: forms are
     frozen values), plus the 词谱 to choose forms from. Not thread-safe for building new masks; a
-    server holds one per run and builds under its scheduler."""
+    server holds one per run and builds under its scheduler.
+
+    Craft, when the 词谱 comes with a corpus: a clause may not end on a character real ci almost
+    never ends one with (不, 一, 自, 欲 …; `judge.ClauseEnds`) unless nothing else fits. `judge`
+    (a `judge.Judge`) lets `compose_batch(candidates=M)` keep the best of M drafts per poem."""
 
     MAX_FORMS = 256  # masks kept (each is cells × V booleans: ~100 × 6k = 0.6 MB)
 
-    def __init__(self, tokenizer, phon: Phonology | None = None, cipu: CiPu | None = None):
+    def __init__(self, tokenizer, phon: Phonology | None = None, cipu: CiPu | None = None,
+                 judge=None, clause_ends: bool = True):
+        from .judge import ClauseEnds, train_texts
+
         self.cipu = cipu
         self.phon = phon or (cipu.phon if cipu is not None and cipu.phon is not None else None) or load_phonology()
         self.vocab = VocabTables(tokenizer, self.phon)
         self._masks: dict[Form, FormMasks] = {}
+        self.judge = judge
+        ends = judge.ends if judge is not None else (
+            ClauseEnds(train_texts(cipu.corpus)) if clause_ends and cipu is not None and cipu.corpus is not None
+            else None)
+        self.no_clause_end = self.vocab.one_hot("".join(ends.rare)) if ends is not None and clause_ends else None
 
     def masks(self, form: Form) -> FormMasks:
         fm = self._masks.get(form)
@@ -177,10 +192,12 @@ class RowState:
 class ConstrainedDecoder:
     """The state machine behind the logits hook; one RowState per sample."""
 
-    def __init__(self, fm: FormMasks, n: int, author_phase: bool, forced: dict[int, int]):
+    def __init__(self, fm: FormMasks, n: int, author_phase: bool, forced: dict[int, int],
+                 no_clause_end: torch.Tensor | None = None):
         self.fm, self.vt, self.form = fm, fm.vt, fm.form
         self.rows = [RowState(author_phase) for _ in range(n)]
         self.forced = forced
+        self.no_clause_end = no_clause_end  # (V,) characters a clause should not end on, or None
         self.backoffs: list[Backoff] = []
 
     def done(self) -> bool:
@@ -192,6 +209,16 @@ class ConstrainedDecoder:
         return m
 
     def mask(self, r: int) -> torch.Tensor:
+        m = self._legal(r)
+        row = self.rows[r]
+        if (self.no_clause_end is not None and not row.author_phase and row.cell < len(self.fm.cells)
+                and self.fm.final[row.cell] and row.cell not in self.forced):
+            craft = m & ~self.no_clause_end
+            if craft.any():  # a preference, never at the cost of the form
+                return craft
+        return m
+
+    def _legal(self, r: int) -> torch.Tensor:
         row, vt = self.rows[r], self.vt
         if row.author_phase:
             n = len(row.author_text)
@@ -269,15 +296,23 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                   acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
                   top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
                   on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-                  variant: int | None = None, composer: Composer | None = None) -> list[ComposeResult]:
-    """`n` poems to one form, decoded together as one batch. See `compose`."""
+                  variant: int | None = None, composer: Composer | None = None,
+                  candidates: int = 1) -> list[ComposeResult]:
+    """`n` poems to one form, decoded together as one batch. With candidates=M > 1 (needs a
+    composer with a judge), n × M drafts are decoded in one batch and each poem is the best of its
+    M by the judge (`judge.Judge.scores`). See `compose`."""
     from ..generate import generate
 
     t0 = time.perf_counter()
     if n < 1:
         raise ParameterError("n", n, ">= 1", "the number of poems to compose")
+    if candidates < 1:
+        raise ParameterError("candidates", candidates, ">= 1")
     composer = composer or Composer(tokenizer, phon, cipu)
     assert composer.vocab.tok is tokenizer, "a Composer serves the tokenizer it was built for"
+    if candidates > 1 and composer.judge is None:
+        raise TianciError("choosing among candidates needs a judge: the corpus the run was trained on",
+                          param="candidates", allowed="1 without a corpus")
     choice = composer.choose(cipai, variant, start, acrostic)
     form = choice.form
     fm = composer.masks(form)
@@ -285,9 +320,10 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     author = author.strip() if author else None
     prompt = f"\n\n{form.title} " + (f"{author}\n" if author else "")
     ids = _encode_loose(fm.vt, prompt)
-    dec = ConstrainedDecoder(fm, n, author is None, forced)
+    rows = n * candidates
+    dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end)
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
-    idx = torch.tensor([ids] * n, dtype=torch.long, device=device)
+    idx = torch.tensor([ids] * rows, dtype=torch.long, device=device)
     gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()  # nondeterministic, without touching the global RNG
@@ -302,7 +338,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                                 generator=gen, logits_hook=dec.hook):
                 for r, t in enumerate(tok.tolist()):
                     piece = dec.advance(r, t)
-                    if r == 0 and on_text is not None and piece:
+                    if r == 0 and on_text is not None and piece and candidates == 1:
                         on_text(piece)
                 if dec.done():
                     break
@@ -319,14 +355,23 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
         out.append(ComposeResult(text, text.split("\n"), form.title, author or row.author_text, form,
                                  rhyme, [b for b in dec.backoffs if b.sample == r], row.tokens,
                                  time.perf_counter() - t0, choice.note))
-    return out
+    if candidates == 1:
+        return out
+    scores = composer.judge.scores([r.text for r in out], form.rhyme, form.repeat)
+    best = [min(range(i * candidates, (i + 1) * candidates), key=scores.__getitem__) for i in range(n)]
+    for i, b in enumerate(best):
+        for bo in out[b].backoffs:
+            bo.sample = i
+    if on_text is not None:  # drafts are not streamed: the chosen poem goes out whole
+        on_text(("" if author else out[best[0]].author + "\n") + out[best[0]].text + "\n")
+    return [out[b] for b in best]
 
 
 def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
             acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
             top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
             on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-            variant: int | None = None, composer: Composer | None = None) -> ComposeResult:
+            variant: int | None = None, composer: Composer | None = None, candidates: int = 1) -> ComposeResult:
     """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
 
     start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
@@ -337,4 +382,5 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
     default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE, else upstream)."""
     return compose_batch(model, tokenizer, cipai, 1, start=start, acrostic=acrostic,
                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, author=author,
-                         on_text=on_text, cipu=cipu, phon=phon, variant=variant, composer=composer)[0]
+                         on_text=on_text, cipu=cipu, phon=phon, variant=variant, composer=composer,
+                         candidates=candidates)[0]

@@ -1,15 +1,23 @@
-"""How good is 填词? Compliance, fluency and novelty of composed ci, for the most common 词牌.
+"""How good is 填词? An honest measure of composed ci against real held-out ci, for the most common 词牌.
 
-Everything is measured by re-reading the text, never from the decoder's state:
+Everything is measured by re-reading the text, never from the decoder's state, and nothing is scored
+by the model that wrote it:
 - form: the right number of paragraphs, each with the skeleton's length, Han characters at character
   slots and an accepted mark (，/、 for a pause, 。 at the end) at punctuation slots — must be 100%;
 - tone: share of the pattern's 平/仄 (non-中) positions whose character has a fitting reading;
 - rhyme: per rhyme group the 部 shared by most of its rhyme positions (readings of the slot's tone);
   share of rhyme positions in it;
-- fluency: mean NLL per token (= per character, char tokenizer) of the poem (paragraphs and
-  newlines, after the title line) under the same model *without* constraints, next to the same for
-  real held-out poems (poems.jsonl split == "val") of that 词牌;
+- machine Turing test (the headline): a classifier (character 1–3-gram TF-IDF + logistic regression,
+  stratified 5-fold cross-validation) told to separate composed poems from real held-out poems
+  (poems.jsonl split == "val"), equal numbers of each per 词牌, punctuation reduced to one mark;
+  ROC AUC 0.5 = indistinguishable; the n-grams that most give each side away;
+- judge fluency: nats per symbol under a Kneser–Ney character 5-gram trained on the train split
+  (`tianci.ci.judge`), composed next to real;
+- craft, composed next to real: broken clauses (ending on a character real ci almost never ends a
+  clause with), distinct characters per poem, reduplication (AA pairs), repeated rhyme characters;
 - novelty: the longest substring of the poem that occurs in the training poems; ≥ 8 is flagged.
+The generating model's own NLL of its poems is kept in the JSON as `self_nll` (it favours its own
+samples, so it is no measure of quality).
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import TianciError
 from .cipai import CiPu, Form, allowed_marks
 from .corpus_stats import CorpusStats
+from .judge import Judge, craft, normalise, summarise
 from .tones import PING, ZE, Phonology, is_han
 
 COPY_FLAG = 8
@@ -101,44 +111,108 @@ def top_cipai(cp: CiPu, top: int) -> list[str]:
     return [r[0] for r in rows[:top]]
 
 
+def turing_test(gen: list[str], real: list[str], seed: int = 0, folds: int = 5, top: int = 12) -> dict:
+    """Cross-validated ROC AUC of a classifier telling `gen` (label 1) from `real` (0), and the
+    character n-grams with the largest weights each way. The regularisation C is the best of a
+    small grid by the same cross-validation: the classifier gets every chance to spot the machine."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.pipeline import make_pipeline
+    except ImportError:
+        raise TianciError("the machine Turing test needs scikit-learn", param="turing",
+                          hints={"cli": "pip install 'tianci[eval]'"}) from None
+    X = [normalise(t) for t in gen + real]
+    y = [1] * len(gen) + [0] * len(real)
+    if min(len(gen), len(real)) < folds:
+        return {"auc": math.nan, "n": len(X), "machine": [], "human": []}
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+
+    def pipe(C):
+        return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True),
+                             LogisticRegression(C=C, max_iter=2000))
+    best = None
+    for C in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+        p = cross_val_predict(pipe(C), X, y, cv=cv, method="predict_proba")[:, 1]
+        auc = roc_auc_score(y, p)
+        if best is None or auc > best[0]:
+            best = (auc, C, p)
+    auc, C, p = best
+    model = pipe(C).fit(X, y)
+    names = model[0].get_feature_names_out()
+    coef = model[1].coef_[0]
+    order = coef.argsort()
+    return {"auc": float(auc), "accuracy": float(sum((q > 0.5) == bool(t) for q, t in zip(p, y)) / len(y)),
+            "C": C, "n": len(X), "machine": [str(names[i]) for i in order[::-1][:top]],
+            "human": [str(names[i]) for i in order[:top]]}
+
+
 def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top: int = 30,
              seed: int = 0, temperature: float = 0.8, top_p: float | None = 0.95, max_real: int = 10,
-             log=None) -> dict:
-    from .compose import compose_batch
+             candidates: int = 1, clause_ends: bool = True, judge: Judge | None = None, log=None) -> dict:
+    from .compose import Composer, compose_batch
 
     train_text = "\n\n".join("\n".join(p.paragraphs) for p in corpus.poems if p.split != "val")
-    rows = []
+    judge = judge or Judge.from_corpus(corpus)
+    composer = Composer(tokenizer, cp.phon, cp, judge=judge, clause_ends=clause_ends)
+    rows, pairs = [], ([], [])
     for n, name in enumerate(top_cipai(cp, top)):
         t0 = time.perf_counter()
         form = cp.form(name)
         res = compose_batch(model, tokenizer, form, k, seed=seed + n, temperature=temperature,
-                            top_p=top_p, cipu=cp, phon=cp.phon)
+                            top_p=top_p, composer=composer, candidates=candidates)
         samples = []
-        for r in res:
+        for r, jn in zip(res, judge.lm.nlls([r.text for r in res])):
             c = check_poem(r.text, form, cp.phon)
             nll = nll_per_token(model, tokenizer, f"\n\n{r.title} {r.author}\n", r.text + "\n")
             samples.append({"author": r.author, "text": r.text, "rhyme": r.rhyme, "check": asdict(c),
-                            "nll": nll, "longest_copy": longest_copy(r.text, train_text),
+                            "judge_nll": jn, "self_nll": nll,
+                            "craft": asdict(craft(r.text, judge.ends, form.rhyme, form.repeat)),
+                            "longest_copy": longest_copy(r.text, train_text),
                             "backoffs": [str(b) for b in r.backoffs]})
         ent = cp.resolve(name)
         real = [corpus.poems[i] for t in ent.titles for i in corpus.by_title.get(t, [])
                 if corpus.poems[i].split == "val"][:max_real]
-        real_nll = [nll_per_token(model, tokenizer, f"\n\n{p.title} {p.author}\n", "\n".join(p.paragraphs) + "\n")
-                    for p in real]
+        real_text = ["\n".join(p.paragraphs) for p in real]
+        real_rows = []
+        for p, t, jn in zip(real, real_text, judge.lm.nlls(real_text) if real_text else []):
+            fits = check_poem(t, form, cp.phon).form_ok  # the rhyme positions are known only then
+            real_rows.append({"text": t, "judge_nll": jn,
+                              "self_nll": nll_per_token(model, tokenizer, f"\n\n{p.title} {p.author}\n", t + "\n"),
+                              "craft": asdict(craft(t, judge.ends, form.rhyme if fits else (),
+                                                    form.repeat if fits else ()))})
+        m = min(len(samples), len(real_rows))  # equal numbers per 词牌 for the classifier
+        pairs[0].extend(s["text"] for s in samples[:m])
+        pairs[1].extend(r["text"] for r in real_rows[:m])
         row = {"cipai": name, "source": form.source, "variant": form.variant, "corpus_count": form.corpus_count,
                "form_ok": sum(s["check"]["form_ok"] for s in samples) / k,
                "tone": _ratio(samples, "tone"), "rhyme": _ratio(samples, "rhyme"),
-               "nll_gen": sum(s["nll"] for s in samples) / k,
-               "nll_real": sum(real_nll) / len(real_nll) if real_nll else math.nan, "n_real": len(real_nll),
+               "judge_gen": _mean(s["judge_nll"] for s in samples),
+               "judge_real": _mean(r["judge_nll"] for r in real_rows), "n_real": len(real_rows),
+               "broken_gen": summarise([_craft(s) for s in samples])["broken_clauses"],
                "longest_copy": max(s["longest_copy"] for s in samples),
                "copies_ge8": sum(s["longest_copy"] >= COPY_FLAG for s in samples),
                "backoffs": sum(len(s["backoffs"]) for s in samples),
-               "seconds": time.perf_counter() - t0, "samples": samples}
+               "seconds": time.perf_counter() - t0, "samples": samples, "real": real_rows}
         rows.append(row)
         if log:
             log(format_row(row))
     return {"k": k, "top": top, "seed": seed, "temperature": temperature, "top_p": top_p,
-            "per_cipai": rows, "overall": _overall(rows)}
+            "candidates": candidates, "clause_ends": clause_ends, "judge_order": judge.lm.order,
+            "per_cipai": rows, "overall": _overall(rows), "turing": turing_test(*pairs, seed=seed)}
+
+
+def _craft(d: dict):
+    from .judge import Craft
+
+    return Craft(**d["craft"])
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else math.nan
 
 
 def _ratio(samples, what: str) -> float:
@@ -150,33 +224,58 @@ def _ratio(samples, what: str) -> float:
 def _overall(rows) -> dict:
     if not rows:
         return {}
-    n = sum(len(r["samples"]) for r in rows)
     ss = [s for r in rows for s in r["samples"]]
-    real = [r for r in rows if r["n_real"]]
-    return {"samples": n, "form_ok": sum(s["check"]["form_ok"] for s in ss) / n,
+    rs = [x for r in rows for x in r["real"]]
+    n = len(ss)
+    gen_craft, real_craft = summarise([_craft(s) for s in ss]), summarise([_craft(x) for x in rs])
+    return {"samples": n, "real": len(rs), "form_ok": sum(s["check"]["form_ok"] for s in ss) / n,
             "tone": _ratio(ss, "tone"), "rhyme": _ratio(ss, "rhyme"),
-            "nll_gen": sum(s["nll"] for s in ss) / n,
-            "nll_real": (sum(r["nll_real"] * r["n_real"] for r in real) / sum(r["n_real"] for r in real)
-                         if real else math.nan),
+            "judge_gen": _mean(s["judge_nll"] for s in ss), "judge_real": _mean(x["judge_nll"] for x in rs),
+            "self_nll_gen": _mean(s["self_nll"] for s in ss), "self_nll_real": _mean(x["self_nll"] for x in rs),
+            "craft_gen": gen_craft, "craft_real": real_craft, "broken_gen": gen_craft["broken_clauses"],
             "longest_copy": max(s["longest_copy"] for s in ss),
             "copies_ge8": sum(s["longest_copy"] >= COPY_FLAG for s in ss),
             "backoffs": sum(len(s["backoffs"]) for s in ss)}
 
 
-HEADER = f"{'词牌':<10}{'form':>6}{'tone':>7}{'rhyme':>7}{'NLL gen':>9}{'NLL real':>9}{'copy':>6}{'≥8':>4}{'backoff':>8}"
+HEADER = (f"{'词牌':<10}{'form':>6}{'tone':>7}{'rhyme':>7}{'judge gen':>10}{'real':>7}{'broken':>8}"
+          f"{'copy':>6}{'≥8':>4}{'backoff':>8}")
 
 
 def format_row(r: dict, name: str | None = None) -> str:
     name = name or r["cipai"]
     pad = 10 - sum(2 if is_han(c) else 1 for c in name) // 1
     return (f"{name}{' ' * max(pad, 1)}{r['form_ok']:>6.0%}{r['tone']:>7.1%}{r['rhyme']:>7.1%}"
-            f"{r['nll_gen']:>9.3f}{r['nll_real']:>9.3f}{r['longest_copy']:>6d}{r['copies_ge8']:>4d}{r['backoffs']:>8d}")
+            f"{r['judge_gen']:>10.3f}{r['judge_real']:>7.3f}{r['broken_gen']:>8.2%}"
+            f"{r['longest_copy']:>6d}{r['copies_ge8']:>4d}{r['backoffs']:>8d}")
 
 
 def format_table(report: dict) -> str:
     lines = [HEADER] + [format_row(r) for r in report["per_cipai"]]
     if report.get("overall"):
         lines.append(format_row(report["overall"], "ALL"))
+    return "\n".join(lines)
+
+
+def format_summary(report: dict) -> str:
+    """The headline: the Turing test, then each measure composed vs real."""
+    o, t = report["overall"], report["turing"]
+    g, r = o["craft_gen"], o["craft_real"]
+    lines = [f"machine Turing test: ROC AUC {t['auc']:.3f} (0.5 = indistinguishable; {t['n']} poems, "
+             f"5-fold CV, C={t.get('C')}); accuracy {t.get('accuracy', math.nan):.3f}",
+             f"  gives the machine away: {' '.join(t['machine'])}",
+             f"  gives the human away:   {' '.join(t['human'])}",
+             f"form {o['form_ok']:.0%}  tone {o['tone']:.1%}  rhyme {o['rhyme']:.1%}  "
+             f"({o['samples']} composed, {o['real']} real)",
+             f"{'':<22}{'composed':>10}{'real':>10}",
+             f"{'judge nats/symbol':<22}{o['judge_gen']:>10.3f}{o['judge_real']:>10.3f}",
+             f"{'broken clauses':<22}{g['broken_clauses']:>10.2%}{r['broken_clauses']:>10.2%}",
+             f"{'distinct chars/poem':<22}{g['distinct']:>10.3f}{r['distinct']:>10.3f}",
+             f"{'reduplication (AA)':<22}{g['redup']:>10.2%}{r['redup']:>10.2%}",
+             f"{'repeated rhyme chars':<22}{g['rhyme_repeats']:>10.2%}{r['rhyme_repeats']:>10.2%}",
+             f"(self-scored NLL, the generating model on its own poems, no measure of quality: "
+             f"{o['self_nll_gen']:.3f} vs real {o['self_nll_real']:.3f})",
+             f"longest copy {o['longest_copy']} ({o['copies_ge8']} poems ≥ 8)"]
     return "\n".join(lines)
 
 

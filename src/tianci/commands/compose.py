@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import ParameterError
+from ..errors import ParameterError, TianciError
 
 
 def add_arguments(p) -> None:
@@ -18,6 +18,8 @@ def add_arguments(p) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--candidates", type=int, default=1, help="drafts per poem, decoded in one batch; an independent "
+                   "judge (a Kneser–Ney 5-gram of the training poems plus craft rules) keeps the best (default 1)")
     p.add_argument("--variant", type=int, default=None, help="词谱 variant index (see `tianci cipai NAME`)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
     p.add_argument("--rhyme-source", default=None, help="rhyme tables (default TIANCI_RHYME_SOURCE)")
@@ -41,10 +43,20 @@ def run(args) -> int:
         raise ParameterError("temperature", args.temperature, "0..10")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ParameterError("top_p", args.top_p, "(0, 1]")
+    if not 1 <= args.candidates <= 16:
+        raise ParameterError("candidates", args.candidates, "1..16")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
     device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
-    composer = Composer(r.tokenizer, cp.phon, cp)
+    judge = None
+    if args.candidates > 1:
+        from ..ci.judge import Judge
+
+        if cp.corpus is None:
+            raise TianciError("choosing among candidates needs the training poems for its judge", param="candidates",
+                              allowed="1 without a corpus", hints={"cli": "give the data directory with --data"})
+        judge = Judge.from_corpus(cp.corpus)
+    composer = Composer(r.tokenizer, cp.phon, cp, judge=judge)
     choice = composer.choose(args.cipai, args.variant, args.start, args.acrostic)  # refuses before any output
     form = choice.form
     if choice.note:
@@ -63,7 +75,7 @@ def run(args) -> int:
         res = compose(r.model, r.tokenizer, form, start=args.start, acrostic=args.acrostic,
                       temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
                       seed=None if args.seed is None else args.seed + i, author=args.author,
-                      on_text=emit, composer=composer)
+                      on_text=emit, composer=composer, candidates=args.candidates)
         which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
         note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"
         note += f"; {len(res.backoffs)} backoff(s): " + "; ".join(map(str, res.backoffs[:5])) if res.backoffs else ""

@@ -16,6 +16,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--candidates", type=int, default=1, help="drafts per poem, the judge keeps the best (default 1)")
+    p.add_argument("--clause-ends", choices=["on", "off"], default="on",
+                   help="keep clauses from ending on characters real ci almost never ends one with (default on)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
     p.add_argument("--rhyme-source", default=None, help="rhyme tables (default TIANCI_RHYME_SOURCE)")
     p.add_argument("--which", choices=["best", "latest"], default="best")
@@ -25,12 +28,14 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..checkpoint import load_run
     from ..ci.cipai import data_dir_of_run, open_cipu
-    from ..ci.compose_eval import HEADER, evaluate, format_table, write_json
+    from ..ci.compose_eval import HEADER, evaluate, format_summary, format_table, write_json
 
     if not 1 <= args.k <= 64:
         raise ParameterError("k", args.k, "1..64")
     if not 1 <= args.top <= 1000:
         raise ParameterError("top", args.top, "1..1000")
+    if not 1 <= args.candidates <= 16:
+        raise ParameterError("candidates", args.candidates, "1..16")
     data = args.data or data_dir_of_run(args.run)
     if data is None:
         raise TianciError(f"no corpus to compare with: {args.run}/config.json names no data directory with "
@@ -40,15 +45,13 @@ def run(args) -> int:
     r = load_run(args.run, device=args.device, which=args.which)
     print(HEADER, file=sys.stderr)
     report = evaluate(r.model, r.tokenizer, cp, cp.corpus, k=args.k, top=args.top, seed=args.seed,
-                      temperature=args.temperature, top_p=args.top_p,
+                      temperature=args.temperature, top_p=args.top_p or None, candidates=args.candidates,
+                      clause_ends=args.clause_ends == "on",
                       log=lambda s: print(s, file=sys.stderr, flush=True))
     report["run"] = str(args.run)
     print(format_table(report))
     if args.out:
         write_json(report, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
-    o = report["overall"]
-    print(f"form {o['form_ok']:.0%}  tone {o['tone']:.1%}  rhyme {o['rhyme']:.1%}  NLL/char generated "
-          f"{o['nll_gen']:.3f} vs real {o['nll_real']:.3f}  longest copy {o['longest_copy']} "
-          f"({o['copies_ge8']} poems ≥ 8)", file=sys.stderr)
+    print(format_summary(report))
     return 0
