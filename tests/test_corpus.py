@@ -360,3 +360,45 @@ def test_kill_during_prepare_leaves_old_or_new(tmp_path):
     assert _cli("--text", str(texts["a"]), "--out", str(out), "--quiet").returncode == 0
     assert _signature(out) == refs["a"] and (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # leftovers cleaned
+
+
+KILL_AT = """
+import os, signal, sys
+n, K = [0], int(sys.argv[1])
+for name in ("replace", "rename"):
+    def moved(a, b, *rest, _real=getattr(os, name)):
+        n[0] += 1
+        if n[0] == K:
+            os.kill(os.getpid(), signal.SIGKILL)  # die right before the K-th file move
+        return _real(a, b, *rest)
+    setattr(os, name, moved)
+from tianci.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_at_every_file_move_of_prepare(tmp_path):
+    """Guards: prepare writing the new files one by one into the live data dir, so a kill between two of
+    them left a mix (the old code: a mix after a kill at the 3rd..6th move). A kill -9 right before each
+    file move of a prepare, in turn, leaves the old data set whole; the next prepare cleans up."""
+    import os
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("春花\n\n秋月\n\n何时\n", encoding="utf-8")
+    b.write_text("小楼\n\n昨夜\n\n东风\n\n故国\n", encoding="utf-8")
+    out = tmp_path / "data"
+    assert _cli("--text", str(a), "--out", str(out), "--quiet").returncode == 0
+    old = _signature(out)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for k in range(1, 30):
+        r = subprocess.run([sys.executable, "-c", KILL_AT, str(k), "prepare", "--text", str(b), "--out", str(out),
+                            "--quiet"], env=env, capture_output=True, timeout=120)
+        if r.returncode == 0:
+            assert _signature(out) != old and C.read_meta(out)  # no kill point left: the new set is in
+            break
+        assert r.returncode == -9 and _signature(out) == old, f"killed before move {k}: not the old set"
+    else:
+        pytest.fail("prepare never finished")
+    assert k > 3  # the kills did land among the writes
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
