@@ -24,6 +24,8 @@ COMMANDS = {
     "attention": ("attention", "draw the attention maps of a layer over a line of text"),
     "bench": ("bench", "benchmark training and decoding speed"),
     "presets": ("presets", "list the shipped presets"),
+    "export": ("export", "export a run to Hugging Face transformers (--format hf) or GGUF for llama.cpp"),
+    "import": ("import_", "turn a transformers folder (gpt2/arcee/llama/qwen3) into a run"),
 }
 
 
