@@ -122,13 +122,14 @@ def import_hf(folder, out, *, force: bool = False) -> dict:
         sd = convert_attention_state(sd, cfg, "loop")
     model = GPT(cfg)
     model.load_state_dict(sd, strict=not cfg.tie_embeddings)
-    run_dir = ck.prepare_run_dir(out, force)
-    ck.atomic_write_json(run_dir / "config.json", {"kind": "gpt", "preset": to_dict(preset),
-                                                   "data": {"vocab_size": cfg.vocab_size, "tokenizer": tok.kind,
-                                                            "imported_from": str(folder)}})
-    tok.save(run_dir / "tokenizer.json")
-    ck.save_weights(model, run_dir / "best.safetensors", {"imported_from": folder.name})
-    ck.atomic_write_json(run_dir / "best.json", {"step": 0, "imported_from": str(folder)})
+    run = ck.Run.create(out, force=force)
+    ck.atomic_write_json(run.path / "config.json", {
+        "kind": "gpt", "preset": to_dict(preset),
+        "data": {"vocab_size": cfg.vocab_size, "tokenizer": tok.kind, "imported_from": str(folder)},
+        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}})
+    tok.save(run.path / "tokenizer.json")
+    ck.save_weights(model, run.path / "best.safetensors", {"imported_from": folder.name})
+    ck.atomic_write_json(run.path / "best.json", {"step": 0, "imported_from": str(folder)})
     return {"model_type": hf_cfg["model_type"], "config": to_dict(preset)["model"]}
 
 
@@ -155,7 +156,7 @@ def model_card(run, model_type: str, sample: bool = True) -> str:
     licence = ("the poems are from [chinese-poetry](https://github.com/chinese-poetry/chinese-poetry) "
                "(全宋词, 南唐二主词), MIT licence" if poetry else
                "the training text was the user's own (`tianci prepare --text`); its licence is its owner's")
-    val = f"{best['val_loss']:.4f} nats/token (step {best.get('step')})" if "val_loss" in best else "not recorded"
+    val = f"{best['val_loss']:.4f} nats/character (step {best.get('step')})" if "val_loss" in best else "not recorded"
     loss_line = f"- validation loss: {val}"
     text = _sample_text(run) if sample else "(sample left out)"
     tag = "char" if run.tokenizer.kind == "char" else "bpe"
