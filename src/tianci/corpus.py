@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sources
+from .files import read_text
 from .errors import DataError, TianciError
 from .files import MANIFEST, Manifest, Staging, atomic_write, salvage
 from .tokenizer import BPETokenizer, CharTokenizer
@@ -93,14 +94,7 @@ def _locate_syntax_error(text: str) -> tuple[int, json.JSONDecodeError | str] | 
 
 def read_poem_file(path: Path, skipped: list[str] | None = None) -> list[Poem]:
     """Parse one chinese-poetry JSON file. Errors name the file and the poem index."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"poem file {path} does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"poem file {path} is a directory, not a JSON file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"poem file {path} is not UTF-8 (byte {e.start})") from None
+    text = read_text(path, "poem file")
     try:
         data = json.loads(text)
     except RecursionError:

@@ -63,13 +63,14 @@ def _write_error(path: Path, e: OSError) -> RunError:
     return RunError(f"could not write {path}: {why}; the file tianci had there before is unchanged")
 
 
-def read_json(path, what: str):
-    """A JSON file tianci wrote or reads, with one clear line for every way it can be unusable."""
+def read_text(path, what: str) -> str:
+    """A UTF-8 text file, with one clear line (naming `what` and the path) for every way it can be
+    unreadable."""
     from .errors import DataError
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
@@ -78,6 +79,14 @@ def read_json(path, what: str):
         raise DataError(f"{what} {path} is not UTF-8 (byte {e.start})") from None
     except OSError as e:
         raise DataError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+
+
+def read_json(path, what: str):
+    """A JSON file tianci wrote or reads, with one clear line for every way it can be unusable."""
+    from .errors import DataError
+
+    path = Path(path)
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
