@@ -381,7 +381,9 @@ sys.exit(main(sys.argv[2:]))
 def test_kill_at_every_file_move_of_prepare(tmp_path):
     """Guards: prepare writing the new files one by one into the live data dir, so a kill between two of
     them left a mix (the old code: a mix after a kill at the 3rd..6th move). A kill -9 right before each
-    file move of a prepare, in turn, leaves the old data set whole; the next prepare cleans up."""
+    file move of a prepare, in turn, leaves the old data set whole; the next prepare cleans up. The
+    user's own files in it are there after every kill too (a kill between the swap and moving them
+    back once left them only in the hidden swapped-out folder)."""
     import os
 
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
@@ -389,7 +391,17 @@ def test_kill_at_every_file_move_of_prepare(tmp_path):
     b.write_text("小楼\n\n昨夜\n\n东风\n\n故国\n", encoding="utf-8")
     out = tmp_path / "data"
     assert _cli("--text", str(a), "--out", str(out), "--quiet").returncode == 0
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "drafts").mkdir()
+    (out / "drafts" / "1.txt").write_text("草稿", encoding="utf-8")
+
+    def users_files_intact():
+        return ((out / "notes.txt").read_text(encoding="utf-8") == "mine"
+                and (out / "drafts" / "1.txt").read_text(encoding="utf-8") == "草稿")
+
     old = _signature(out)
+    assert _cli("--text", str(b), "--out", str(tmp_path / "ref"), "--quiet").returncode == 0
+    new = _signature(tmp_path / "ref")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     for k in range(1, 30):
         r = subprocess.run([sys.executable, "-c", KILL_AT, str(k), "prepare", "--text", str(b), "--out", str(out),
@@ -397,8 +409,10 @@ def test_kill_at_every_file_move_of_prepare(tmp_path):
         if r.returncode == 0:
             assert _signature(out) != old and C.read_meta(out)  # no kill point left: the new set is in
             break
-        assert r.returncode == -9 and _signature(out) == old, f"killed before move {k}: not the old set"
+        assert r.returncode == -9 and _signature(out) in (old, new), f"killed before move {k}: a mix"
+        assert users_files_intact(), f"killed before move {k}: the user's files are not in the data dir"
     else:
         pytest.fail("prepare never finished")
     assert k > 3  # the kills did land among the writes
+    assert users_files_intact()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

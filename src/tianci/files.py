@@ -216,6 +216,13 @@ class Staging:
         t = self.target
         if t.is_dir() and not any(t.iterdir()):
             t.rmdir()
+        if t.is_dir():
+            # The user's own files get a second name (a hard link) in the new set before the swap,
+            # so at every instant the target holds them: a kill right after the swap must not leave
+            # them only in the hidden swapped-out folder until the next start salvages it.
+            for e in _foreign(t):
+                if not (self.tmp / e.name).exists():
+                    _link_tree(e, self.tmp / e.name)
         if not t.exists():
             os.rename(self.tmp, t)
             old = None
@@ -251,18 +258,50 @@ def _exchange(a: Path, b: Path) -> bool:
     raise _write_error(b, OSError(err, os.strerror(err)))
 
 
+def _foreign(d: Path) -> list[Path]:
+    """The entries of directory d that tianci did not write (not in its manifest)."""
+    man = Manifest.read(d)
+    ours = {rel.rstrip("/").split("/")[0] for rel in (man.owned if man else [])} | {MANIFEST, PID_FILE}
+    return [e for e in d.iterdir()
+            if e.name not in ours and not (e.name.startswith(".") and e.name.endswith(TMP_SUFFIX))]
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link src (a file, or a folder recursively) at dst; where links are impossible, leave
+    nothing at dst (then _rescue moves src over after the swap instead)."""
+    def link(a, b):
+        os.link(a, b, follow_symlinks=False)
+    try:
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True, copy_function=link)
+        else:
+            link(src, dst)
+    except OSError:
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst, ignore_errors=True)
+        else:
+            dst.unlink(missing_ok=True)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """b holds exactly a's files under the same inodes (what _link_tree made)."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    if not (a.is_dir() and not a.is_symlink()):
+        return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+    return b.is_dir() and all(_same_tree(e, b / e.name) for e in a.iterdir())
+
+
 def _rescue(old: Path, target: Path) -> None:
     """Move what tianci did not write from a swapped-out directory into target, then remove it.
-    Anything that cannot move (its name is taken) stays, and the folder stays with it."""
-    man = Manifest.read(old)
-    ours = {rel.rstrip("/").split("/")[0] for rel in (man.owned if man else [])} | {MANIFEST, PID_FILE}
+    Anything that cannot move (its name is taken by something else) stays, and the folder with it."""
     kept = []
-    for e in list(old.iterdir()):
-        if e.name in ours or (e.name.startswith(".") and e.name.endswith(TMP_SUFFIX)):
-            continue
+    for e in _foreign(old):
         if target.is_dir() and not (target / e.name).exists():
             os.rename(e, target / e.name)
-        else:
+        elif not _same_tree(e, target / e.name):  # already in target under the same inodes: done
             kept.append(e.name)
     if kept:
         import warnings
