@@ -149,15 +149,7 @@ def load_texts(paths) -> list[str]:
     """Plain UTF-8 files as a corpus: each blank-line-separated block is one document."""
     docs = []
     for p in map(Path, paths):
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"text file {p} does not exist") from None
-        except IsADirectoryError:
-            raise DataError(f"text file {p} is a directory") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"text file {p} is not UTF-8 (byte {e.start})") from None
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = read_text(p, "text file").replace("\r\n", "\n").replace("\r", "\n")
         docs.extend(d.strip("\n") for d in re.split(r"\n[ \t]*\n", text) if d.strip())
     return docs
 
