@@ -60,7 +60,8 @@ def test_corpus_only_form(mini_cipu):
     cp = CiPu.load(mini_cipu, CorpusStats.from_poems(poems))
     f = cp.form("一翦梅")
     assert f.source == "corpus" and f.lines == ("****。", "*****。") and set(f.tones) == {"中"}
-    assert ("一翦梅", [], "corpus", 4) in cp.listing()
+    row = next(r for r in cp.listing() if r.name == "一翦梅")
+    assert (row.aliases, row.source, row.count, row.pinyin) == ((), "corpus", 4, ())
 
 
 def test_variant_characters_and_aliases_join_the_cipu(tmp_path):
@@ -74,7 +75,7 @@ def test_variant_characters_and_aliases_join_the_cipu(tmp_path):
     assert f.name == "一剪梅" and f.source == "词谱" and f.corpus_count == 3 and f.title == "一翦梅"
     g = cp.form("思佳客")
     assert g.name == "鹧鸪天" and g.source == "词谱" and g.corpus_count == 2
-    assert not [row for row in cp.listing() if row[2] == "corpus"]
+    assert not [row for row in cp.listing() if row.source == "corpus"]
 
 
 def test_tune_written_in_its_ling_form_uses_that_pattern(tmp_path):

@@ -72,6 +72,7 @@ class CiPu:
                 self.by_name.setdefault(nm, ent)
         self._variants: dict[int, list[Variant | None]] = {}
         self._forms: dict[tuple[str, int | None], Form] = {}
+        self._listing: list[ListingRow] | None = None  # built on first use; entries never change after here
         if corpus is not None:
             for title in corpus.by_title:
                 ent = self._match_title(title)
@@ -262,11 +263,26 @@ class CiPu:
                         return i
         return first
 
-    def listing(self) -> list[tuple[str, list[str], str, int]]:
-        """(name, aliases, "词谱" or "corpus", corpus count), most common first."""
-        rows = [(e.names[0], e.names[1:], "词谱" if e.idx is not None else "corpus", self.count(e))
-                for e in self.entries]
-        return sorted(rows, key=lambda r: (-r[3], r[0]))
+    def listing(self) -> list["ListingRow"]:
+        """Every 词牌, most common in the corpus first (then by name): the one listing behind
+        `tianci cipai --list` and the server's GET /api/cipai."""
+        if self._listing is None:
+            rows = [ListingRow(e.names[0], tuple(e.names[1:]), "词谱" if e.idx is not None else "corpus",
+                               self.count(e), tuple(dict.fromkeys(p for p in e.pinyins if p)))
+                    for e in self.entries]
+            self._listing = sorted(rows, key=lambda r: (-r.count, r.name))
+        return list(self._listing)
+
+
+@dataclass(frozen=True)
+class ListingRow:
+    """One 词牌 in `CiPu.listing`."""
+
+    name: str                # canonical name
+    aliases: tuple[str, ...]
+    source: str              # "词谱": it has 词谱 patterns; "corpus": its form is inferred from the poems
+    count: int               # poems of it in the corpus (0 without one)
+    pinyin: tuple[str, ...]  # the 词谱's pinyin spellings (full and abbreviated), for search
 
 
 def data_dir_of_run(run_dir) -> str | None:

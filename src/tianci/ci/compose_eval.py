@@ -107,8 +107,8 @@ def longest_copy(text: str, train_text: str) -> int:
 
 
 def top_cipai(cp: CiPu, top: int) -> list[str]:
-    rows = [r for r in cp.listing() if r[0] not in SKIP and r[3] > 0]
-    return [r[0] for r in rows[:top]]
+    rows = [r for r in cp.listing() if r.name not in SKIP and r.count > 0]
+    return [r.name for r in rows[:top]]
 
 
 def turing_test(gen: list[str], real: list[str], seed: int = 0, folds: int = 5, top: int = 12) -> dict:

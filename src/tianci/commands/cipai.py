@@ -25,9 +25,9 @@ def run(args) -> int:
                           allowed="a 词牌 name, alias or pinyin")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source)
     if args.list:
-        for name, aliases, src, count in cp.listing():
-            alias = f"  ({'、'.join(aliases)})" if aliases else ""
-            print(f"{count:6d}  {name}{'' if src == '词谱' else '  [corpus only]'}{alias}")
+        for row in cp.listing():
+            alias = f"  ({'、'.join(row.aliases)})" if row.aliases else ""
+            print(f"{row.count:6d}  {row.name}{'' if row.source == '词谱' else '  [corpus only]'}{alias}")
         return 0
     f = cp.form(args.name, args.variant)
     which = (f"词谱 variant {f.variant} of {f.n_variants}" if f.source == "词谱"
