@@ -373,7 +373,7 @@ def test_live_abandoned_non_streaming_requests_are_cancelled(live):
         with contextlib.suppress(httpx.TimeoutException):
             httpx.post(url + "/v1/completions", json=body, timeout=0.5)
 
-    before = app.state.scheduler.stats()
+    before = app.state.tianci.scheduler.stats()
     clients = [threading.Thread(target=leave_early) for _ in range(3)]  # one runs, two wait
     for t in clients:
         t.start()

@@ -66,6 +66,6 @@ def run(args) -> int:
                      docs=args.docs)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"tianci serve: listening on {args.host}: reachable from other machines", file=sys.stderr)
-    print(f"tianci serve: http://{args.host}:{args.port}/  (model {app.state.model_id!r})", file=sys.stderr)
+    print(f"tianci serve: http://{args.host}:{args.port}/  (model {app.state.tianci.model_id!r})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

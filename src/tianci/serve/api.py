@@ -4,6 +4,7 @@ OpenAI-style 400s that name the parameter and its allowed range."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +31,7 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+    allowed: str | None = Field(None, description="the parameter's allowed values or range, when known")
     suggestions: list[str] | None = None
 
 
@@ -117,6 +119,7 @@ class ComposeResultModel(BaseModel):
     backoffs: list[str]
     seconds: float
     seed: int = Field(description="the seed used (a random one when the request gave none)")
+    note: str = Field("", description="why a variant other than the default was taken (\"\" when it was not)")
     form: FormInfo
 
 
@@ -127,8 +130,25 @@ class Health(BaseModel):
     queue: dict[str, int]
 
 
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies of one app, built from its Limits (so the schema states the caps)."""
+
+    completion: type[BaseModel]
+    compose: type[BaseModel]
+
+    @classmethod
+    def build(cls, lim: Limits) -> "RequestModels":
+        return cls(*request_models(lim))
+
+    def schema(self, path: str) -> dict | None:
+        """The JSON schema of the body a route takes, for naming a parameter's allowed range."""
+        model = {"/v1/completions": self.completion, "/api/compose": self.compose}.get(path)
+        return None if model is None else model.model_json_schema()
+
+
 def request_models(lim: Limits):
-    """The two request bodies, with this server's caps as schema constraints."""
+    """The request bodies, with this server's caps as schema constraints."""
     Prompt = Annotated[str, Field(max_length=lim.max_prompt_chars)]
     Stop = Annotated[str, Field(min_length=1, max_length=lim.max_stop_chars)]
 

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -20,6 +22,39 @@ from .limits import Busy, Scheduler, error_body
 DISCONNECT_POLL_S = 0.25
 
 
+# ----------------------------------------------------------------------------- stream items
+
+@dataclass(frozen=True)
+class Piece:
+    """Completion text of choice `index`; `finish_reason` ("stop" | "length") on its last piece."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageCount:
+    """Tokens of one prompt's choices, sent once each prompt is done."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ComposeText:
+    """A piece of a composition: the model-written author's name, or the poem."""
+
+    kind: Literal["author", "text"]
+    text: str
+
+
+@dataclass(frozen=True)
+class ComposeDone:
+    result: object  # the ci.compose.ComposeResult
+    note: str = ""  # FormChoice.note: why a variant other than the default was taken
+
+
 # ----------------------------------------------------------------------------- jobs (worker thread)
 
 def completion_job(run, prompts: list[str], n: int, opts):
@@ -30,32 +65,34 @@ def completion_job(run, prompts: list[str], n: int, opts):
             usage: dict = {}
             for ev in stream(run.model, run.tokenizer, prompt, n, opts, usage=usage):
                 if ev.text or ev.finished:
-                    emit(("ev", pi * n + ev.index, ev.text, ev.finish_reason if ev.finished else None))
-            emit(("usage", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
+                    emit(Piece(pi * n + ev.index, ev.text, ev.finish_reason if ev.finished else None))
+            emit(UsageCount(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
     return work
 
 
-def compose_job(run, cp, form, req, seed: int):
+def compose_job(run, composer, choice, req, seed: int):
+    """Compose to `choice` (from `AppState.choose`) with the app's one composer, as `tianci compose` does."""
     from ..ci.compose import compose
 
     def work(emit, cancelled):
-        phase = ["author" if req.author is None else "text"]
+        in_author = req.author is None  # the model writes the author's name first, up to a newline
 
         def on_text(piece: str) -> None:
-            if phase[0] == "author":
+            nonlocal in_author
+            if in_author:
                 head, nl, rest = piece.partition("\n")
                 if head:
-                    emit(("author", head))
+                    emit(ComposeText("author", head))
                 if not nl:
                     return
-                phase[0], piece = "text", rest
+                in_author, piece = False, rest
             if piece:
-                emit(("text", piece))
+                emit(ComposeText("text", piece))
 
-        res = compose(run.model, run.tokenizer, form, start=req.start or None, acrostic=req.acrostic or None,
+        res = compose(run.model, run.tokenizer, choice.form, start=req.start or None, acrostic=req.acrostic or None,
                       temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p, seed=seed,
-                      author=req.author or None, on_text=on_text, cipu=cp, phon=cp.phon)
-        emit(("done", res))
+                      author=req.author or None, on_text=on_text, composer=composer)
+        emit(ComposeDone(res, choice.note))
     return work
 
 
@@ -63,9 +100,16 @@ def compose_job(run, cp, form, req, seed: int):
 
 def api_error(e: TianciError) -> ApiError:
     """A library error as the API answers it: its own status (4xx: the request; 5xx: this server's
-    run or data), its param, its message as written plus the API's hint."""
+    run or data), its param and allowed range in their fields, its message as written plus the
+    API's hint (never edited)."""
+    from ..ci.cipai import UnknownCipaiError
+
     type_ = "server_error" if e.status >= 500 else "invalid_request_error"
-    return ApiError(e.status, e.render("api"), e.param, type_=type_)
+    extra: dict = {"allowed": e.allowed} if e.allowed else {}
+    code = None
+    if isinstance(e, UnknownCipaiError):
+        code, extra["suggestions"] = "cipai_not_found", e.suggestions
+    return ApiError(e.status, e.render("api"), e.param, code, type_=type_, **extra)
 
 
 class ClientGone(Exception):
@@ -127,8 +171,9 @@ async def sse_response(request: Request, sched: Scheduler, job, render, done_mar
             async for obj in render(job_items(request, agen, head)):
                 yield f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
         except Exception as e:  # after the headers: report in-band, in the error shape
-            msg = e.render("api") if isinstance(e, TianciError) else f"internal error: {type(e).__name__}"
-            yield f"data: {json.dumps(error_body(msg, 'server_error'), ensure_ascii=False)}\n\n"
+            body = (api_error(e).body if isinstance(e, TianciError)
+                    else error_body(f"internal error: {type(e).__name__}", "server_error"))
+            yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
         if done_marker:
             yield "data: [DONE]\n\n"
 
@@ -145,10 +190,10 @@ async def completion_chunks(items, cid, created, model_id, echo, include_usage):
             yield chunk(i, p)
     ptok = ctok = 0
     async for item in items:
-        if item[0] == "ev":
-            yield chunk(*item[1:])
+        if isinstance(item, Piece):
+            yield chunk(item.index, item.text, item.finish_reason)
         else:
-            ptok, ctok = ptok + item[1], ctok + item[2]
+            ptok, ctok = ptok + item.prompt_tokens, ctok + item.completion_tokens
     if include_usage:
         yield {"id": cid, "object": "text_completion", "created": created, "model": model_id,
                "choices": [], "usage": api.usage(ptok, ctok)}
@@ -156,14 +201,15 @@ async def completion_chunks(items, cid, created, model_id, echo, include_usage):
 
 async def compose_events(items, info, seed):
     yield {"type": "form", "form": info, "seed": seed}
-    async for kind, val in items:
-        if kind == "done":
-            yield {"type": "done", "result": result_json(val, info, seed)}
+    async for item in items:
+        if isinstance(item, ComposeDone):
+            yield {"type": "done", "result": result_json(item, info, seed)}
         else:
-            yield {"type": kind, "text": val}
+            yield {"type": item.kind, "text": item.text}
 
 
-def result_json(res, info, seed) -> dict:
+def result_json(done: ComposeDone, info, seed) -> dict:
+    res = done.result
     return {"cipai": res.form.name, "title": res.title, "author": res.author, "text": res.text,
             "lines": res.lines, "rhyme": res.rhyme, "backoffs": [str(b) for b in res.backoffs],
-            "seconds": round(res.seconds, 3), "seed": seed, "form": info}
+            "seconds": round(res.seconds, 3), "seed": seed, "note": done.note, "form": info}
