@@ -106,11 +106,12 @@ def main(argv: list[str]) -> int:
         check(f"{opt} steps lower the loss on one batch (bf16)", losses[-1] < losses[0],
               f"{losses[0]:.3f} -> {losses[-1]:.3f}")
 
+    from tianci.decode import CompiledDecoder
     from tianci.generate import generate
     try:
         prompt = idx[:2, :8]
         eager = torch.stack(list(generate(fused, prompt, 40, temperature=0)), 1)
-        comp = torch.stack(list(generate(fused, prompt, 40, temperature=0, compiled=True)), 1)
+        comp = torch.stack(list(generate(fused, prompt, 40, temperature=0, decoder=CompiledDecoder(fused))), 1)
         same = float((eager == comp).float().mean())
         check("compiled decode step (CUDA graphs) == eager greedy tokens", same > 0.95,
               f"{same:.1%} of 80 tokens equal")

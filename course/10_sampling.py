@@ -97,7 +97,8 @@ for kw in ({"top_k": 10}, {"top_k": 50}, {"top_p": 0.5}, {"top_p": 0.9}):
 from tianci.model import GPT, KVCache
 
 show_source(KVCache.__init__)
-show_source(GPT.hidden, "pos0 = kv_cache.pos", "kv_cache.pos = pos0 + T")
+show_source(KVCache.advance)
+show_source(GPT.hidden, "pos0 = kv_cache.pos", "kv_cache.advance(T)")
 
 # %% [markdown]
 # 用教程最后那个模型的形状（预设 `ci-gpu`：6 层、384 宽、上下文 256）来量，权重是随机的——速度和权重无关。

@@ -72,6 +72,47 @@ def test_cache_past_block_size_is_an_error(name):
         m(prompt(1, 1), kv_cache=cache)
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fixed_shape_step_equals_forward_and_is_chosen_explicitly(name):
+    """Guards the fixed-shape decoding step (GPT.decode_step: attention's explicit fixed=True mode)
+    drifting from the eager cache path, eagerly (the compiled test is slow and off the numerics
+    matrix); and the mode being chosen by the position's type: a tensor position on the ordinary
+    path must take the ordinary algorithm, and loop attention refuses the fixed mode by name."""
+    m = make_model(name)
+    idx = prompt(2, 9)
+    with torch.no_grad():
+        full, _ = m(idx)
+        cache = m.new_kv_cache(2)
+        m(idx[:, :4], kv_cache=cache)
+        if m.config.attn_impl == "loop" and m.config.attn != "none":
+            with pytest.raises(ValueError, match="attn_impl='sdpa'"):
+                m.decode_step(idx[:, 4:5], torch.tensor(4), cache.k, cache.v)
+            return
+        for t in range(4, 9):
+            step = m.decode_step(idx[:, t:t + 1], torch.tensor(t), cache.k, cache.v)
+            torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-4)
+        if m.config.attn != "none":  # the ordinary path, handed a tensor position, still computes forward's values
+            attn, x = m.h[0].attn, torch.randn(2, 3, m.config.n_embd)
+            kv = (torch.zeros_like(cache.k[0]), torch.zeros_like(cache.v[0]))
+            torch.testing.assert_close(attn(x, kv, torch.tensor(0)), attn(x), atol=1e-6, rtol=1e-5)
+
+
+def test_cache_position_moves_only_through_advance():
+    """Guards a second count of the cache position (generate once kept its own `cache.pos += 1`
+    beside GPT.hidden's): the eager path leaves the cache at the context length, and
+    KVCache.advance refuses to run past the preallocated length."""
+    m = make_model("learned-sdpa")
+    cache = m.new_kv_cache(1)
+    with torch.no_grad():
+        m(prompt(1, 5), kv_cache=cache)
+        m(prompt(1, 1), kv_cache=cache)
+    assert cache.pos == 6
+    cache.advance(10)
+    with pytest.raises(ValueError, match="block_size"):
+        cache.advance(1)
+    assert cache.pos == 16
+
+
 def greedy_reference(m: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     """The tutorial's loop, written out: crop to the last block_size tokens, argmax, append."""
     seq = idx
@@ -268,6 +309,24 @@ def test_stream_events_concatenate_to_completions():
         assert mine[-1].finish_reason == "stop"
 
 
+def test_row_state_holds_back_a_stop_prefix_and_counts_tokens():
+    """Guards the per-row state of `stream` (RowState): a stop string split over two tokens must
+    not leak its first half, the text ends before the stop, every token drawn is counted, and a
+    held-back tail still comes out when the row runs out of tokens."""
+    from tianci.generate import RowState
+    from tianci.tokenizer import StreamDecoder
+
+    row = RowState(0, StreamDecoder(TOK), ["\n\n"])
+    events = [row.push(t) for t in TOK.encode("春花\n\n")]
+    assert [e.text if e else None for e in events] == ["春", "花", None, ""]
+    assert events[3].finished and events[3].finish_reason == "stop"
+    assert row.done and row.text == "春花" and row.tokens == 4
+    tail = RowState(1, StreamDecoder(TOK), ["\n\n"])
+    assert tail.push(TOK.encode("\n")[0]) is None  # held back: it may be the start of the stop
+    end = tail.finish()
+    assert (end.index, end.text, end.finished, end.finish_reason) == (1, "\n", True, "length")
+
+
 def test_seeded_sampling_is_reproducible():
     """Guards: --seed not reaching the sampler (different poems for the same seed)."""
     m = make_model("learned-sdpa")
@@ -324,6 +383,8 @@ def test_compiled_decoding_matches_eager():
     """Guards the fixed-shape decode step (GPT.decode_step, compiled by tianci.decode) computing
     another function than the eager KV-cache path: masks, RoPE at a tensor position, the in-place
     cache write. Same greedy tokens, and the step's logits equal forward's."""
+    from tianci.decode import CompiledDecoder
+
     for pos in ("learned", "rope"):
         torch.manual_seed(0)
         m = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, pos=pos)).eval()
@@ -337,9 +398,11 @@ def test_compiled_decoding_matches_eager():
                 step = m.decode_step(nxt[:, t:t + 1], torch.tensor(t), cache.k, cache.v)
                 torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-5)
         eager = torch.stack(list(generate(m, idx, 30, temperature=0)), 1)  # runs past block_size too
-        comp = torch.stack(list(generate(m, idx, 30, temperature=0, compiled=True)), 1)
+        decoder = CompiledDecoder(m)
+        comp = torch.stack(list(generate(m, idx, 30, temperature=0, decoder=decoder)), 1)
         assert torch.equal(eager, comp)
-        assert m.__dict__["_compiled_steps"][2] is not None  # it really ran compiled
+        assert decoder.steps[2] is not None  # it really ran compiled
+        assert "_compiled_steps" not in m.__dict__ and not hasattr(m, "steps")  # nothing hidden on the model
 
 
 def test_sample_on_a_counting_run_names_the_flags_it_ignores(tiny_data, tmp_path, capsys):

@@ -7,9 +7,11 @@ torch.compile turns it into one graph; on CUDA, mode="reduce-overhead" also reco
 graph and replays it with one launch. The KV cache is held as buffers of a small module (as in
 gpt-fast) because CUDA graphs may only write in place into static tensors.
 
-One compiled step (and its cache) is kept per (model, batch size) and reused by later calls, so
-the compile cost (seconds to a minute) is paid once per process. Not thread-safe: the server does
-not use it.
+The caller owns the compiled steps: a `CompiledDecoder(model)` keeps one step (and its cache) per
+batch size, compiled on first use, and is passed to `generate(..., decoder=)` / `stream(...,
+decoder=)`, so the compile cost (seconds to a minute) is paid once for as long as the caller keeps
+it. Nothing is stored on the model. Not thread-safe (each step's cache serves one decode at a time):
+the server does not use it.
 """
 
 from __future__ import annotations
@@ -41,19 +43,46 @@ class DecodeStep(nn.Module):
         return self.model.decode_step(idx, pos, ks, vs)
 
 
+class CompiledStep:
+    """One compiled decoding step for one batch size and the KVCache it writes into.
+
+    step(idx (B, 1)) -> logits (B, V) for the tokens at the cache's position, then advances the
+    cache by one; prefill into `cache` with the eager forward (model(ctx, kv_cache=step.cache))."""
+
+    def __init__(self, fn, cache):
+        self.fn = fn
+        self.cache = cache
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.fn(idx, torch.tensor(self.cache.pos, device=idx.device))
+        self.cache.advance(1)
+        return logits
+
+
 def can_compile(model) -> bool:
     cfg = getattr(model, "config", None)
     return hasattr(model, "decode_step") and cfg is not None and cfg.attn_impl == "sdpa" and cfg.attn != "none"
 
 
-def compiled_step(model, batch_size: int):
-    """(step_fn, cache) for this model and batch size, compiled on first use; None if the model
-    cannot use it (loop attention, no attention) or compilation fails (a warning says why)."""
-    steps = model.__dict__.setdefault("_compiled_steps", {})  # not a submodule: never saved or moved
-    if batch_size in steps:
-        return steps[batch_size]
-    if not can_compile(model):
-        return None
+class CompiledDecoder:
+    """The compiled decoding steps of one model, one per batch size, owned by whoever decodes."""
+
+    def __init__(self, model):
+        self.model = model
+        self.steps: dict[int, CompiledStep | None] = {}  # None: tried, unavailable (warned once)
+
+    def available(self) -> bool:
+        return can_compile(self.model)
+
+    def step(self, batch_size: int) -> CompiledStep | None:
+        """This batch size's step, compiled on first use; None if the model cannot use it (loop
+        attention, no attention) or compilation fails (a warning says why)."""
+        if batch_size not in self.steps:
+            self.steps[batch_size] = _compile(self.model, batch_size) if self.available() else None
+        return self.steps[batch_size]
+
+
+def _compile(model, batch_size: int) -> CompiledStep | None:
     try:
         mod = DecodeStep(model, batch_size)
         mode = "reduce-overhead" if mod.cache.k.device.type == "cuda" else None  # CUDA graphs on a GPU
@@ -62,11 +91,8 @@ def compiled_step(model, batch_size: int):
         with torch.no_grad():
             for i in range(3):  # compile now (errors surface here, not mid-poem); CUDA graphs record on the 3rd
                 fn(torch.zeros((batch_size, 1), dtype=torch.long, device=dev), torch.tensor(i, device=dev))
-        mod.cache.reset()
     except Exception as e:  # an optimisation, never a requirement
         print(f"warning: compiled decoding unavailable ({type(e).__name__}: {e}); decoding eagerly",
               file=sys.stderr)
-        steps[batch_size] = None
         return None
-    steps[batch_size] = (fn, mod.cache)
-    return steps[batch_size]
+    return CompiledStep(fn, mod.cache)

@@ -9,12 +9,16 @@ context is recomputed every step, as in the tutorial. Both give the same tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 from torch.nn import functional as F
 
 from .errors import TianciError
+from .tokenizer import StreamDecoder
+
+if TYPE_CHECKING:
+    from .decode import CompiledDecoder
 
 POEM_END = "\n\n"  # the corpus separates poems with a blank line
 
@@ -59,22 +63,17 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
              top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None,
              logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-             use_cache: bool = True, compiled: bool = False) -> Iterator[torch.Tensor]:
+             use_cache: bool = True, decoder: "CompiledDecoder | None" = None) -> Iterator[torch.Tensor]:
     """Yield the next token id of every row, (B,), for up to max_new_tokens steps.
 
     idx (B, T) is the prompt. Prompts longer than the context keep their last block_size tokens.
     logits_hook(logits (B, V) float32, step) may mask tokens (-inf) before sampling.
-    compiled=True decodes with the torch.compile'd fixed-shape step (tianci.decode) where it can."""
+    decoder: a `tianci.decode.CompiledDecoder` of this model: decode with its compiled fixed-shape
+    step where it can (the caller keeps it, and so the compile, across calls)."""
     block = model.config.block_size if hasattr(model, "config") else None
     use_cache = use_cache and hasattr(model, "new_kv_cache") and block is not None
-    step_fn = None
-    if use_cache and compiled:
-        from .decode import compiled_step
-        got = compiled_step(model, idx.size(0))
-        if got is not None:
-            step_fn, cache = got
-    if step_fn is None:
-        cache = model.new_kv_cache(idx.size(0)) if use_cache else None
+    step_fn = decoder.step(idx.size(0)) if use_cache and decoder is not None else None
+    cache = step_fn.cache if step_fn is not None else model.new_kv_cache(idx.size(0)) if use_cache else None
     seq = idx
     new = None
     for step in range(max_new_tokens):
@@ -87,9 +86,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
             cache.reset()
             logits, _ = model(seq[:, -block:], kv_cache=cache)
         elif step_fn is not None:
-            pos = torch.tensor(cache.pos, device=new.device)
-            logits = step_fn(new[:, None], pos)[:, None, :]  # (B, 1, V)
-            cache.pos += 1
+            logits = step_fn(new[:, None])[:, None, :]  # (B, 1, V); the step advances the cache
         else:
             logits, _ = model(new[:, None], kv_cache=cache)
         logits = logits[:, -1, :].float()
@@ -114,7 +111,6 @@ class SampleOptions:
     stop_at_end: bool = False  # stop a sample at the end of a poem (a blank line)
     stop: tuple[str, ...] = ()
     use_cache: bool = True
-    compiled: bool = False  # torch.compile the decoding step (tianci.decode): a one-off compile, then faster
 
     def validate(self) -> "SampleOptions":
         if not 0 <= self.max_new_tokens <= 100_000:
@@ -154,24 +150,59 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None = None,
-           device=None, usage: dict | None = None) -> Iterator[Event]:
-    """Sample n continuations of prompt; yield text pieces as they are decoded. `usage`, if given,
-    is filled with prompt_tokens / completion_tokens."""
-    from .tokenizer import StreamDecoder
+@dataclass
+class RowState:
+    """One sample's text as its tokens arrive (nanochat's RowState): the streaming decoder, the
+    text so far, how much of it was already shown, whether a stop string ended it."""
+    index: int  # which sample
+    decoder: StreamDecoder
+    stops: list[str]
+    text: str = ""
+    sent: int = 0  # characters of text already yielded (a possible stop-string prefix is held back)
+    done: bool = False
+    tokens: int = 0  # tokens drawn for this row (the usage count)
 
+    def push(self, token: int) -> Event | None:
+        """Take the row's next token; the text it lets us show, if any (finished at a stop string)."""
+        self.tokens += 1
+        piece = self.decoder.push(token)
+        if not piece:
+            return None
+        before = len(self.text)
+        self.text += piece
+        hit = _first_stop(self.text, self.stops, before)
+        if hit is not None:
+            self.text, self.done = self.text[:hit], True
+            return Event(self.index, self.text[self.sent:], True, "stop")
+        safe = _safe_len(self.text, self.stops)
+        if safe <= self.sent:
+            return None
+        ev = Event(self.index, self.text[self.sent:safe])
+        self.sent = safe
+        return ev
+
+    def finish(self) -> Event:
+        """The row ran out of tokens: whatever is held back, and "length"."""
+        self.text += self.decoder.flush()
+        self.done = True
+        return Event(self.index, self.text[self.sent:], True, "length")
+
+
+def stop_strings(opts: SampleOptions) -> list[str]:
+    return list(opts.stop) + ([POEM_END] if opts.stop_at_end else [])
+
+
+def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None = None,
+           device=None, usage: dict | None = None, decoder: "CompiledDecoder | None" = None) -> Iterator[Event]:
+    """Sample n continuations of prompt; yield text pieces as they are decoded. `usage`, if given,
+    is filled with prompt_tokens / completion_tokens. decoder: see `generate`."""
     opts = (opts or SampleOptions()).validate()
     device = device or next(model.parameters()).device
     ids = encode_prompt(tokenizer, prompt)
     idx = torch.tensor([ids] * n, dtype=torch.long, device=device)
     gen = torch.Generator(device=device)
     gen.manual_seed(opts.seed if opts.seed is not None else torch.seed() % (2**63))
-    decoders = [StreamDecoder(tokenizer) for _ in range(n)]
-    texts = [""] * n
-    sent = [0] * n  # characters of texts[i] already yielded (a possible stop-string prefix is held back)
-    done = [False] * n
-    counts = [0] * n
-    stops = list(opts.stop) + ([POEM_END] if opts.stop_at_end else [])
+    rows = [RowState(i, StreamDecoder(tokenizer), stop_strings(opts)) for i in range(n)]
     if usage is not None:
         usage.update(prompt_tokens=len(ids) * n, completion_tokens=0)
     was_training = model.training
@@ -179,37 +210,21 @@ def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None
     try:
         for tok in generate(model, idx, opts.max_new_tokens, temperature=opts.temperature,
                             top_k=opts.top_k, top_p=opts.top_p, generator=gen,
-                            use_cache=opts.use_cache, compiled=opts.compiled):
-            for i in range(n):
-                if done[i]:
-                    continue
-                counts[i] += 1
-                piece = decoders[i].push(int(tok[i]))
-                if not piece:
-                    continue
-                before = len(texts[i])
-                texts[i] += piece
-                hit = _first_stop(texts[i], stops, before)
-                if hit is not None:
-                    texts[i] = texts[i][:hit]
-                    done[i] = True
-                    yield Event(i, texts[i][sent[i]:], True, "stop")
-                else:
-                    safe = _safe_len(texts[i], stops)
-                    if safe > sent[i]:
-                        yield Event(i, texts[i][sent[i]:safe])
-                        sent[i] = safe
+                            use_cache=opts.use_cache, decoder=decoder):
+            for row, t in zip(rows, tok.tolist()):
+                ev = None if row.done else row.push(t)
+                if ev is not None:
+                    yield ev
             if usage is not None:
-                usage["completion_tokens"] = sum(counts)
-                usage["completion_tokens_each"] = list(counts)
-            if all(done):
+                usage["completion_tokens"] = sum(r.tokens for r in rows)
+                usage["completion_tokens_each"] = [r.tokens for r in rows]
+            if all(r.done for r in rows):
                 break
     finally:
         model.train(was_training)
-    for i in range(n):
-        if not done[i]:
-            texts[i] += decoders[i].flush()
-            yield Event(i, texts[i][sent[i]:], True, "length")
+    for row in rows:
+        if not row.done:
+            yield row.finish()
 
 
 def _safe_len(text: str, stops: list[str]) -> int:

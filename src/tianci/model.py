@@ -23,7 +23,10 @@ from .losses import AdaptiveHead, linear_cross_entropy
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: decoding writes in place, never torch.cat."""
+    """Preallocated keys/values for every layer: decoding writes in place, never torch.cat.
+
+    The cache owns its position: `advance` is the one place it moves (GPT.hidden after a forward,
+    decode.CompiledStep after a compiled step), so no caller keeps a second count."""
 
     def __init__(self, cfg: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
         shape = (cfg.n_layer, batch_size, cfg.heads, cfg.block_size, cfg.head_size)
@@ -31,6 +34,12 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # number of positions already cached
         self.max_len = cfg.block_size
+
+    def advance(self, T: int) -> None:
+        """Record that T more positions were written (a cache never runs past its preallocated length)."""
+        if self.pos + T > self.max_len:
+            raise ValueError(f"sequence of {self.pos + T} tokens exceeds block_size={self.max_len}")
+        self.pos += T
 
     def reset(self) -> None:
         self.pos = 0
@@ -96,7 +105,9 @@ class LoopAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.proj else None
         self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
 
-    def forward(self, x, kv=None, pos0=0):
+    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
+        if fixed:
+            raise ValueError("the fixed-shape decoding step needs the fused attention (attn_impl='sdpa')")
         out = torch.cat([h(x, None if kv is None else (kv[0][:, i], kv[1][:, i]), pos0)
                          for i, h in enumerate(self.heads)], dim=-1)  # (B, T, C)
         if self.c_proj is not None:
@@ -114,9 +125,12 @@ class FusedAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.proj else None
         self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
 
-    def forward(self, x, kv=None, pos0=0):
-        if isinstance(pos0, torch.Tensor):  # GPT.decode_step: one token, fixed shapes
-            return self.step(x, kv[0], kv[1], pos0)
+    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
+        """x (B, T, C); kv: this layer's (k, v) caches (B, nh, max_len, hs) or None; pos0: where x starts.
+        fixed=False: any T, attending over the cache up to pos0+T (training, prefill, the eager cache).
+        fixed=True (GPT.decode_step): see `_fixed_step`."""
+        if fixed:
+            return self._fixed_step(x, kv[0], kv[1], pos0)
         B, T, C = x.shape
         nh = self.cfg.heads
         q, k, v = self.c_attn(x).split(C, dim=2)
@@ -137,7 +151,7 @@ class FusedAttention(nn.Module):
             y = self.c_proj(y)
         return self.dropout(y)
 
-    def step(self, x, k_cache, v_cache, pos):
+    def _fixed_step(self, x, k_cache, v_cache, pos):
         """One new token per row at position `pos` (0-d tensor), attending over the whole
         preallocated cache with a mask: every shape is fixed, so torch.compile makes one graph
         (and CUDA graphs can replay it). Eval mode only."""
@@ -209,9 +223,9 @@ class Block(nn.Module):
         self.ln_2 = _norm(cfg) if cfg.mlp else None
         self.mlp = MLP(cfg) if cfg.mlp else None
 
-    def forward(self, x, kv=None, pos0=0):
+    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
         if self.attn is not None:
-            a = self.attn(self.ln_1(x), kv, pos0)
+            a = self.attn(self.ln_1(x), kv, pos0, fixed)
             x = x + a if self.residual else a  # residual: gradients flow straight down the stack
         if self.mlp is not None:
             m = self.mlp(self.ln_2(x))
@@ -278,7 +292,7 @@ class GPT(nn.Module):
             kv = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
             x = block(x, kv, pos0)
         if kv_cache is not None:
-            kv_cache.pos = pos0 + T
+            kv_cache.advance(T)  # the cache now holds these T positions too
         return self.ln_f(x)
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -291,7 +305,7 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(pos.view(1))
         for i, block in enumerate(self.h):
-            x = block(x, (k[i], v[i]), pos)
+            x = block(x, (k[i], v[i]), pos, fixed=True)
         return self.logits(self.ln_f(x))[:, -1, :]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -47,18 +47,17 @@ def run(args) -> int:
 
     opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed, stop_at_end=args.stop_at_end,
-                         use_cache=not args.no_cache, compiled=args.compile).validate()
+                         use_cache=not args.no_cache).validate()
     device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
     encode_prompt(r.tokenizer, args.prompt)  # an unknown character fails here, before any output
-    if args.compile:
-        compile_first(r.model, args.max_new_tokens * args.num_samples)
+    decoder = compile_first(r.model, args.max_new_tokens * args.num_samples) if args.compile else None
     for i in range(args.num_samples):  # one at a time so the terminal streams each poem in order
         if opts.seed is not None:
             opts.seed = args.seed + i
         print(f"--- sample {i + 1}")
         sys.stdout.write(args.prompt)
-        for ev in stream(r.model, r.tokenizer, args.prompt, 1, opts):
+        for ev in stream(r.model, r.tokenizer, args.prompt, 1, opts, decoder=decoder):
             sys.stdout.write(ev.text)
             sys.stdout.flush()
         print()
@@ -80,20 +79,22 @@ def not_for_counting(args) -> list[str]:
     return [flag for flag, given in GPT_ONLY if given(args)]
 
 
-def compile_first(model, total_tokens: int) -> None:
-    """Compile the decoding step now, saying what it costs, rather than as a silent pause before
-    the first token."""
+def compile_first(model, total_tokens: int):
+    """The model's `decode.CompiledDecoder`, its step compiled now, saying what it costs, rather
+    than as a silent pause before the first token; None when the model cannot use one."""
     import time
 
-    from ..decode import can_compile, compiled_step
+    from ..decode import CompiledDecoder
 
-    if not can_compile(model):
+    decoder = CompiledDecoder(model)
+    if not decoder.available():
         print("tianci sample: warning: --compile needs the fused attention (attn_impl=sdpa); "
               "decoding eagerly", file=sys.stderr)
-        return
+        return None
     if total_tokens < COMPILE_PAYS_OFF:
         print(f"tianci sample: note: --compile pays a one-off compile (tens of seconds on a CPU) that "
               f"{total_tokens} tokens will not win back; without it they start at once", file=sys.stderr)
     t = time.perf_counter()
-    if compiled_step(model, 1) is not None:
+    if decoder.step(1) is not None:
         print(f"tianci sample: compiled the decoding step in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return decoder

@@ -118,7 +118,7 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
     """Decode tokens/s with and without the KV cache, fp32 and int8 weights, plus prefill.
     Random weights unless state_dict is given (speed does not depend on them).
     A run that exceeds max_s stops early and reports the tokens it produced."""
-    from ..decode import compiled_step
+    from ..decode import CompiledDecoder
     from ..quant import apply_quantization
 
     torch.manual_seed(seed)
@@ -128,6 +128,7 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
         if state_dict is not None:
             m.load_state_dict(state_dict)
         models[fmt] = apply_quantization(m.to(device).eval(), fmt)
+    decoders = {fmt: CompiledDecoder(m) for fmt, m in models.items()}
     out = {}
     for B in batches:
         for name, (use_cache, fmt, comp) in DECODE_VARIANTS.items():
@@ -135,14 +136,14 @@ def bench_decode(cfg, device, new_tokens: int = 200, batches=(1, 8), max_s: floa
                 continue
             if comp:  # compile outside the timed region; report what it cost
                 t = time.perf_counter()
-                if compiled_step(models[fmt], B) is None:
+                if decoders[fmt].step(B) is None:
                     continue
                 out[f"b{B}_{name}_compile_s"] = time.perf_counter() - t
             idx = torch.zeros((B, 1), dtype=torch.long, device=device)
             gen = torch.Generator(device=device).manual_seed(seed)
             n, t = 0, time.perf_counter()
             for _ in generate(models[fmt], idx, new_tokens, temperature=1.0, generator=gen, use_cache=use_cache,
-                              compiled=comp):
+                              decoder=decoders[fmt] if comp else None):
                 n += 1
                 if time.perf_counter() - t > max_s:
                     break
