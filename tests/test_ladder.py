@@ -115,20 +115,43 @@ def test_bpe_copy_round_trips_and_keeps_the_split(tiny_data, bpe_dir):
 
 def test_bpe_losses_are_reported_per_character(bpe_dir, tmp_path):
     """Guards: a BPE run's val loss must be per-token loss x tokens/char, or char and BPE runs
-    (and the ladder's BPE rung) would not compare."""
+    (and the ladder's BPE rung) would not compare; and the per-token loss must stand beside it
+    (evaluation reported only nats/char, so a BPE run's own per-token loss was lost)."""
     from tianci.train import Trainer
 
     preset = load_preset("bigram")
     preset.train.eval_iters, preset.train.device, preset.train.progress = 2, "cpu", False
     preset.model.block_size = 16
-    t = Trainer(preset, bpe_dir, tmp_path)
-    per_char = t.evaluate()
-    t.tpc = {"train": 1.0, "val": 1.0}
-    per_token = t.evaluate()
+    ev = Trainer(preset, bpe_dir, tmp_path).evaluate()
     meta = json.loads((bpe_dir / "meta.json").read_text())
-    ratio = meta["val_tokens"] / meta["val_chars"]
-    assert ratio < 1
-    assert math.isclose(per_char["val_loss"], per_token["val_loss"] * ratio, rel_tol=1e-6)
+    for split in ("train", "val"):
+        ratio = meta[f"{split}_tokens"] / meta[f"{split}_chars"]
+        assert ratio < 1
+        assert math.isclose(ev[f"{split}_loss"], ev[f"{split}_loss_per_token"] * ratio, rel_tol=1e-6)
+        assert math.isclose(ev[f"{split}_bpc"], ev[f"{split}_loss"] / math.log(2), rel_tol=1e-9)
+
+
+def test_bpe_run_metrics_carry_nats_per_token(bpe_dir, tmp_path):
+    """Guards a BPE run's metrics.jsonl and best.json without nats per token: every eval line (and
+    every train line) of a tiny BPE run must hold the per-token loss beside the per-char one, and a
+    char run's lines must not (there they are the same number)."""
+    from tianci.checkpoint import Run, loss_fields
+    from tianci.train import train
+
+    preset = load_preset("bigram")
+    preset.model.block_size, preset.train.batch_size, preset.train.log_interval = 16, 4, 1
+    preset.train.max_iters, preset.train.eval_iters, preset.train.eval_interval = 2, 1, 1
+    preset.train.device, preset.train.progress = "cpu", False
+    train(preset, bpe_dir, tmp_path / "run", quiet=True)
+    run = Run(tmp_path / "run")
+    tr, evals = run.metrics()
+    assert len(evals) == 3 and len(tr) == 2
+    for rec in evals:
+        assert rec["val_loss"] < rec["val_loss_per_token"] and "train_loss_per_token" in rec
+    assert all(rec["train_loss"] < rec["train_loss_per_token"] for rec in tr)
+    assert "val_loss_per_token" in run.best()
+    char = loss_fields("val", 2.0, {"val_tokens": 10, "val_chars": 10})
+    assert char == {"val_loss": 2.0, "val_bpc": 2.0 / math.log(2)}
 
 
 def test_gpt_trains_and_samples_on_bpe_data(bpe_dir, tmp_path):

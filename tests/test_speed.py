@@ -110,7 +110,7 @@ def test_train_and_reload_with_the_adaptive_head(tiny_data, tmp_path, capsys):
     model samples from a permuted distribution): train a few steps, reload the run, same log-probs."""
     from tianci.checkpoint import load_run
     from tianci.cli import main
-    from tianci.train import token_counts
+    from tianci.batches import token_counts
     run = tmp_path / "run"
     rc = main(["train", "--preset", "ci-cpu", "--data", str(tiny_data), "--out", str(run), "--block-size", "32",
                "--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "4", "--max-iters", "3",

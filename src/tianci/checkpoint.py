@@ -89,7 +89,8 @@ def load_weights(model, path) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint (truncated or foreign?): {e}") from None
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not _is_tied(model, k)]
+    tied = getattr(model.config, "tie_embeddings", False)  # lm_head.weight is stored once, as wte's
+    missing = [k for k in own if k not in sd and not (tied and k == "lm_head.weight")]
     unexpected = [k for k in sd if k not in own]
     bad = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad:
@@ -101,10 +102,6 @@ def load_weights(model, path) -> None:
         raise CheckpointError(f"{path}: the weights are not finite ({', '.join(nan[:3])}): the run that "
                               "wrote them diverged; retrain with a lower --learning-rate")
     model.load_state_dict(sd, strict=False)
-
-
-def _is_tied(model, key: str) -> bool:
-    return key == "lm_head.weight" and getattr(model.config, "tie_embeddings", False)
 
 
 def load_state(path) -> dict:
@@ -386,10 +383,17 @@ def latest_paths(run_dir) -> tuple[Path, Path, int]:
     return Run(run_dir).latest()
 
 
-def nats_per_char(nats_per_token: float, meta: dict, split: str) -> float:
-    """A loss per token as per character (a BPE token covers several characters; a char token one)."""
-    chars = meta.get(f"{split}_chars") or meta.get(f"{split}_tokens") or 1
-    return nats_per_token * meta.get(f"{split}_tokens", chars) / chars
-
-
 LN2 = math.log(2)
+
+
+def loss_fields(split: str, nats_per_token: float, meta: dict) -> dict:
+    """A split's loss as every run records it: `{split}_loss` in nats per character (a BPE token
+    covers several characters, a char token one), `{split}_bpc` in bits per character, and, where
+    tokens are not characters, `{split}_loss_per_token` beside them."""
+    tokens = meta.get(f"{split}_tokens")
+    chars = meta.get(f"{split}_chars") or tokens or 1
+    nats = nats_per_token * (tokens or chars) / chars
+    out = {f"{split}_loss": nats, f"{split}_bpc": nats / LN2}
+    if tokens and chars != tokens:
+        out[f"{split}_loss_per_token"] = nats_per_token
+    return out

@@ -27,8 +27,6 @@ from pathlib import Path
 
 from .errors import TianciError
 
-LN2 = math.log(2)
-
 
 class NGram:
     def __init__(self, order: int = 1, vocab_size: int = 0, add_k: float = 0.0):
@@ -270,7 +268,7 @@ def train_run(preset, data_dir, out_dir, force: bool = False, quiet: bool = Fals
     """Fit the counting model of `preset` on data_dir/train.bin, measure it, write the run dir
     (through checkpoint.Run, as every run). Losses are nats per character, as the GPT's, with
     nats per token beside them when tokens are not characters."""
-    from .checkpoint import Run, nats_per_char
+    from .checkpoint import Run, loss_fields
     from .config import to_dict
     from .corpus import DataDir
 
@@ -287,10 +285,7 @@ def train_run(preset, data_dir, out_dir, force: bool = False, quiet: bool = Fals
     elapsed = time.time() - t0
     result = {"step": 0, "eval": True, "time": round(elapsed, 3), "tokens": len(train), "fit_time": fit_s}
     for split, nats in per_token.items():
-        result[f"{split}_loss"] = nats_per_char(nats, meta, split)
-        result[f"{split}_bpc"] = result[f"{split}_loss"] / LN2
-        if meta.get(f"{split}_chars") and meta[f"{split}_chars"] != meta[f"{split}_tokens"]:
-            result[f"{split}_loss_per_token"] = nats
+        result.update(loss_fields(split, nats, meta))
     run.begin("ngram", to_dict(preset), data.path)
     model.save(run.path / "ngram.json")
     run.write_metrics([result])

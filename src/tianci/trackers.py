@@ -1,6 +1,6 @@
 """Where a training run reports: the terminal (`Display`: a progress bar or plain lines, and a
-warning when the machine is too busy), and metrics.jsonl mirrored into the experiment trackers
-people already use (optional extras).
+warning when the machine is too busy), and the run's metrics.jsonl (`RunLog`) mirrored into the
+experiment trackers people already use (optional extras).
 
 `--log tensorboard` writes event files under RUN/tb (pip install tianci[track]);
 `--log wandb` logs to Weights & Biases, offline unless WANDB_MODE says otherwise, so it works
@@ -8,12 +8,14 @@ without an account (sync later with `wandb sync RUN/wandb/...`)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from .checkpoint import Run
 from .errors import TianciError
 
 
@@ -66,6 +68,50 @@ def make_tracker(kind: str, run_dir: Path, config: dict) -> Tracker | None:
     if kind == "wandb":
         return WandbTracker(run_dir, config)
     return None
+
+
+class RunLog:
+    """The trainer's records: one JSON line each in the run's metrics.jsonl, mirrored into the
+    tracker chosen by --log. Only the master process writes (`enabled`); a context manager, so the
+    tracker is closed however the loop ends."""
+
+    def __init__(self, run_dir: Path, kind: str, config: dict, enabled: bool):
+        self.run, self.enabled = Run(run_dir), enabled
+        self.tracker = make_tracker(kind, Path(run_dir), config) if enabled else None
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+
+    def log(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        self.run.append_metrics(rec)
+        if self.tracker is not None:
+            self.tracker.log(rec)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> bool:
+    """Drop log lines past `step`, the checkpoint a run resumes from (a killed run logs steps it never
+    saved; a kill can also leave half a line), so a resumed log reads as one clean run. True when
+    the evaluation at `step` is already logged (the resumed loop need not evaluate it again)."""
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return False
+    keep, evaluated = [], False
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            if rec["step"] <= step:
+                keep.append(rec)
+                evaluated = evaluated or bool(rec.get("eval") and rec["step"] == step)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    Run(run_dir).write_metrics(keep)
+    return evaluated
 
 
 # ----------------------------------------------------------------------------- the terminal
@@ -182,6 +228,12 @@ class Display:
             of = f"/{self.tc.max_iters:,}" if not self.timed else ""
             print(f"train: step {step:,}{of}  {budget}  loss {self.loss:.3f}  {self.tok_per_s:,.0f} tok/s",
                   file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "Display":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.bar is not None:

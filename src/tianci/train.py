@@ -1,10 +1,8 @@
 """The trainer: AdamW (or Muon), warmup + cosine, clipping, accumulation, evals in nats and bits
 per character, checkpoints that resume bit-exactly, and DDP when launched by torchrun.
 
-Batches are a pure function of (seed, step, micro-batch index): resuming needs no data position
-beyond the step, and under DDP rank r takes micro-batches r, r+W, r+2W, ... of the same global
-sequence a single process would see with W times the accumulation -- so 1 and N processes train
-on identical data.
+Batches are a pure function of (seed, step, micro-batch index) (tianci.batches): resuming needs no
+data position beyond the step, and 1 and N processes train on identical data.
 
 Faults lose nothing: a non-finite loss stops the run before anything is saved (the last finite
 checkpoint stays), and SIGTERM / SIGINT end the current step, write a checkpoint and stop.
@@ -14,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import random
 import signal
@@ -29,50 +26,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ck
+from .batches import Batches, batch_seed, token_counts
 from .config import Preset, format_config, to_dict
-from .corpus import read_meta  # noqa: F401  (re-exported: ladder and tests read meta through here)
+from .corpus import read_meta
 from .errors import Interrupted, ParameterError, TianciError
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, schedule_progress, set_lr
-from .runtime import Compute, compute_init, ddp_info
-from .trackers import Display, make_tracker
-
-
-# ----------------------------------------------------------------------------- data
-
-class Batches:
-    """Random windows from a memmapped token file (nanoGPT format), seeded per (step, micro)."""
-
-    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, device: torch.device):
-        if not Path(path).exists():
-            raise TianciError(f"{path}: token file missing; run `tianci prepare`")
-        self.data = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-        if len(self.data) <= block_size + 1:
-            raise TianciError(f"{path}: only {len(self.data)} tokens, fewer than block_size+1="
-                              f"{block_size + 1}; use a smaller --block-size or more text")
-        self.block, self.batch, self.device = block_size, batch_size, device
-        self.gen = torch.Generator()
-        self.offsets = torch.arange(block_size + 1)
-
-    def get(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self.gen.manual_seed(seed)
-        ix = torch.randint(len(self.data) - self.block - 1, (self.batch,), generator=self.gen)
-        rows = torch.from_numpy(self.data[(ix[:, None] + self.offsets).numpy()].astype(np.int64))
-        x, y = rows[:, :-1], rows[:, 1:]  # (B, T): y is x shifted by one
-        if self.device.type == "cuda":
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.to(self.device), y.to(self.device)
-
-
-def token_counts(path: Path, dtype: str, vocab_size: int) -> torch.Tensor:
-    """Occurrences of each token id in a token file: (V,) int64."""
-    data = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    return torch.from_numpy(np.bincount(data, minlength=vocab_size)[:vocab_size].astype(np.int64))
-
-
-def batch_seed(seed: int, step: int, micro: int) -> int:
-    return (seed * 1_000_003 + step * 4099 + micro) % (2**62)
+from .runtime import Compute, compute_init
+from .trackers import Display, RunLog, truncate_metrics
 
 
 # ----------------------------------------------------------------------------- one optimizer step
@@ -156,6 +117,26 @@ class Counters:
     evaluated_at: int = -1  # the step whose evaluation is already logged (set on resume)
 
 
+class _LogWindow:
+    """The train losses and the clock since the last log line: a log line reports their mean and
+    the tokens/s over the window. Losses add up on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device, tokens: int):
+        self.loss_sum, self.n = torch.zeros((), device=device), 0
+        self.t, self.tokens = time.perf_counter(), tokens
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.n += 1
+
+    def take(self, tokens: int) -> tuple[torch.Tensor, float]:
+        """(mean loss, tokens/s) of the window, and a new window starts."""
+        now = time.perf_counter()
+        mean, rate = self.loss_sum / self.n, (tokens - self.tokens) / max(now - self.t, 1e-9)
+        self.loss_sum, self.n, self.t, self.tokens = torch.zeros_like(self.loss_sum), 0, now, tokens
+        return mean, rate
+
+
 def resolve_preset(preset: Preset, meta: dict, data_dir: Path) -> Preset:
     """A copy of `preset` with the data's vocab size (the caller's preset is never changed)."""
     vocab = int(meta["vocab_size"])
@@ -191,14 +172,9 @@ class Trainer:
         self.tokens_per_step = B * T * tc.grad_accum * self.compute.world
         self.train_batches = Batches(self.data_dir / "train.bin", self.meta["dtype"], T, B, self.device)
         self.val_batches = Batches(self.data_dir / "val.bin", self.meta["dtype"], T, B, self.device)
-        # nats/token -> nats/char: a char tokenizer has ratio 1; BPE tokens cover several chars
-        self.tpc = {s: self.meta.get(f"{s}_tokens", 1) / max(1, self.meta.get(f"{s}_chars") or
-                                                              self.meta.get(f"{s}_tokens", 1))
-                    for s in ("train", "val")}
         # non-finite detection without a host sync per step: the first bad step, kept on the device
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.lr_at: dict[int, float] = {}  # learning rate of each step since the last finiteness check
-        self.tracker = None
 
     def _wrap(self, model):
         """What the step calls: the model, compiled if asked, inside DDP under torchrun."""
@@ -215,58 +191,56 @@ class Trainer:
     # -- the loop: read it top to bottom
     def fit(self) -> dict:
         tc, c, master = self.tc, self.counters, self.compute.master
-        self.tracker = make_tracker(tc.log, self.run_dir, to_dict(self.preset)) if master else None
-        display = Display(tc, self.model, self.compute, self.tokens_per_step, c.step, enabled=master and tc.progress)
-        self.model.train()
         session_start, t0 = c.elapsed, time.perf_counter()
         last_ev: dict = {}
-        loss_sum, n_loss, t_log, tok_log = torch.zeros((), device=self.device), 0, t0, c.tokens
-        with _StopSignals() as stop:
-            try:
-                while True:
-                    c.elapsed = session_start + (time.perf_counter() - t0)
-                    done = c.step >= tc.max_iters or (tc.max_time > 0 and c.elapsed >= tc.max_time)
-                    signalled, done = self._agree(bool(stop.signum), done)
-                    if signalled and not done:
+        window = _LogWindow(self.device, c.tokens)
+        with RunLog(self.run_dir, tc.log, to_dict(self.preset), enabled=master) as log, \
+                Display(tc, self.model, self.compute, self.tokens_per_step, c.step,
+                        enabled=master and tc.progress) as display, _StopSignals() as stop:
+            self.model.train()
+            while True:
+                c.elapsed = session_start + (time.perf_counter() - t0)
+                signalled, done = self._agree(bool(stop.signum), self._budget_spent())
+                if signalled and not done:
+                    self.save_checkpoint()
+                    raise Interrupted(stop.signum, c.step, self.run_dir)
+                if (c.step % tc.eval_interval == 0 or done) and c.evaluated_at != c.step:
+                    last_ev = self.evaluate_and_log(log, display)
+                    if tc.ckpt_interval == 0 or done:
                         self.save_checkpoint()
-                        raise Interrupted(stop.signum, c.step, self.run_dir)
-                    if (c.step % tc.eval_interval == 0 or done) and c.evaluated_at != c.step:
-                        last_ev = self.evaluate_and_log(display)
-                        if tc.ckpt_interval == 0 or done:
-                            self.save_checkpoint()
-                    if done:
-                        break
+                if done:
+                    break
 
-                    res = train_step(self.fwd, self.optimizers, tc, c.step, self._batch_getter(c.step),
-                                     amp=self.compute.autocast,
-                                     progress=schedule_progress(tc, c.step, c.elapsed))
-                    self._watch(res, c.step)
-                    loss_sum += res.loss
-                    n_loss += 1
-                    c.step += 1
-                    c.tokens += self.tokens_per_step
+                res = self.step()
+                window.add(res.loss)
 
-                    if c.step % tc.log_interval == 0:
-                        now = time.perf_counter()
-                        self.log_train(loss_sum / n_loss, res.lr, (c.tokens - tok_log) / max(now - t_log, 1e-9),
-                                       session_start + now - t0, display)
-                        loss_sum.zero_()
-                        n_loss, t_log, tok_log = 0, now, c.tokens
-                    # after the log line: a kill in between loses no logged step (resume drops later lines)
-                    if tc.ckpt_interval and c.step % tc.ckpt_interval == 0:
-                        self.save_checkpoint()
-                    display.update(c.step, session_start + (time.perf_counter() - t0))
-            finally:
-                display.close()
-                if self.tracker is not None:
-                    self.tracker.close()
+                if c.step % tc.log_interval == 0:
+                    self.log_train(*window.take(c.tokens), res.lr, session_start + time.perf_counter() - t0,
+                                   log, display)
+                # after the log line: a kill in between loses no logged step (resume drops later lines)
+                if tc.ckpt_interval and c.step % tc.ckpt_interval == 0:
+                    self.save_checkpoint()
+                display.update(c.step, session_start + (time.perf_counter() - t0))
         final = last_ev if c.evaluated_at == c.step and last_ev else self.evaluate()  # the final eval's numbers
         return {"step": c.step, "time": c.elapsed, "tokens": c.tokens, "best_val": c.best_val, **final}
 
-    def _batch_getter(self, step: int):
-        rank, world = self.compute.rank, self.compute.world
+    # -- named steps of the loop
+    def _budget_spent(self) -> bool:
+        c = self.counters
+        return c.step >= self.tc.max_iters or (self.tc.max_time > 0 and c.elapsed >= self.tc.max_time)
+
+    def step(self) -> StepResult:
+        """One optimizer step (train_step) on this rank's batches; the counters move on."""
+        c, tc = self.counters, self.tc
+        rank, world, step = self.compute.rank, self.compute.world, c.step
         # this rank's slice of the global micro-batches: rank, rank + W, rank + 2W, ...
-        return lambda micro: self.train_batches.get(batch_seed(self.tc.seed, step, rank + micro * world))
+        res = train_step(self.fwd, self.optimizers, tc, step,
+                         lambda micro: self.train_batches.get(batch_seed(tc.seed, step, rank + micro * world)),
+                         amp=self.compute.autocast, progress=schedule_progress(tc, step, c.elapsed))
+        self._watch(res, step)
+        c.step += 1
+        c.tokens += self.tokens_per_step
+        return res
 
     def _agree(self, signalled: bool, done: bool) -> tuple[bool, bool]:
         """(stop for a signal, budget spent), the same on every rank: torchrun forwards SIGTERM to
@@ -278,7 +252,6 @@ class Trainer:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return bool(flags[0].item()), bool(flags[1].item())
 
-    # -- named steps of the loop
     def _watch(self, res: StepResult, step: int) -> None:
         """Remember the first step whose loss is not finite (a device-side op, no sync)."""
         self.lr_at[step] = res.lr
@@ -308,26 +281,29 @@ class Trainer:
                                          f"(resume the kept checkpoint with `tianci train --resume {self.run_dir}`)"})
         self.lr_at.clear()
 
-    def evaluate_and_log(self, display) -> dict:
+    def evaluate_and_log(self, log: RunLog, display: Display) -> dict:
         self.check_finite()
         c = self.counters
         ev = self.evaluate()
         c.evaluated_at = c.step
-        self._log({"step": c.step, "eval": True, "time": round(c.elapsed, 3), "tokens": c.tokens,
-                   **{k: round(v, 5) for k, v in ev.items()}})
+        log.log({"step": c.step, "eval": True, "time": round(c.elapsed, 3), "tokens": c.tokens,
+                 **{k: round(v, 5) for k, v in ev.items()}})
         if self.compute.master and ev["val_loss"] < c.best_val:
             c.best_val = ev["val_loss"]
             ck.Run(self.run_dir).save_best(self.model, c.step, ev)
+        per_token = f", {ev['val_loss_per_token']:.4f} nats/token" if "val_loss_per_token" in ev else ""
         display.write(f"step {c.step:>6}: train {ev['train_loss']:.4f}  val {ev['val_loss']:.4f} "
-                      f"nats/char ({ev['val_bpc']:.3f} bits/char)")
+                      f"nats/char ({ev['val_bpc']:.3f} bits/char{per_token})")
         return ev
 
-    def log_train(self, mean_loss: torch.Tensor, lr: float, tok_per_s: float, t: float, display) -> None:
+    def log_train(self, mean_loss: torch.Tensor, tok_per_s: float, lr: float, t: float, log: RunLog,
+                  display: Display) -> None:
         self.check_finite(weights=False)
         loss = mean_loss.item()  # the only host sync of a step, when logging
         c = self.counters
-        self._log({"step": c.step, "time": round(t, 3), "tokens": c.tokens, "lr": lr,
-                   "train_loss": round(loss * self.tpc["train"], 5), "tok_per_s": round(tok_per_s, 1)})
+        log.log({"step": c.step, "time": round(t, 3), "tokens": c.tokens, "lr": lr,
+                 **{k: round(v, 5) for k, v in ck.loss_fields("train", loss, self.meta).items()
+                    if k != "train_bpc"}, "tok_per_s": round(tok_per_s, 1)})
         display.rate(loss, tok_per_s)
 
     def save_checkpoint(self) -> None:
@@ -337,27 +313,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        """Mean loss of each split over the same eval_iters batches at every evaluation (comparable
+        numbers), in nats and bits per character, nats per token beside them for BPE data."""
         self.model.eval()
         out = {}
         for split, batches in (("train", self.train_batches), ("val", self.val_batches)):
             losses = []
-            for k in range(self.tc.eval_iters):  # the same batches at every eval: comparable numbers
+            for k in range(self.tc.eval_iters):
                 x, y = batches.get(batch_seed(self.tc.seed + 7919, 0, k))
                 with self.compute.autocast():
                     _, loss = self.model(x, y, return_logits=not self.tc.fused_loss)
                 losses.append(loss.item())
-            nats = float(np.mean(losses)) * self.tpc[split]
-            out[f"{split}_loss"] = nats
-            out[f"{split}_bpc"] = nats / math.log(2)
+            out.update(ck.loss_fields(split, float(np.mean(losses)), self.meta))
         self.model.train()
         return out
-
-    def _log(self, rec: dict) -> None:
-        if not self.compute.master:
-            return
-        ck.Run(self.run_dir).append_metrics(rec)
-        if self.tracker is not None:
-            self.tracker.log(rec)
 
     # -- checkpoint state
     def _state(self) -> dict:
@@ -388,26 +357,8 @@ class Trainer:
                 torch.cuda.set_rng_state_all(st["rng"]["cuda"])
         except (KeyError, ValueError, TypeError) as e:
             raise ck.CheckpointError(f"{spath}: training state does not fit this run ({e})") from None
-        if self.compute.master:
-            self._truncate_metrics()
-
-    def _truncate_metrics(self) -> None:
-        """Drop log lines past the checkpoint we resume from (a killed run logs steps it never
-        saved; a kill can also leave half a line), so a resumed log reads as one clean run."""
-        p = self.run_dir / "metrics.jsonl"
-        if not p.exists():
-            return
-        keep = []
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-                if rec["step"] <= self.counters.step:
-                    keep.append(line)
-                    if rec.get("eval") and rec["step"] == self.counters.step:
-                        self.counters.evaluated_at = self.counters.step  # fit() need not evaluate it again
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-        ck.Run(self.run_dir).write_metrics([json.loads(x) for x in keep])
+        if self.compute.master and truncate_metrics(self.run_dir, c.step):
+            c.evaluated_at = c.step  # fit() need not evaluate it again
 
 
 def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: bool = False,
@@ -438,4 +389,4 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
         compute.close()
 
 
-__all__ = ["Batches", "batch_seed", "train_step", "StepResult", "Trainer", "train", "Diverged", "ddp_info"]
+__all__ = ["train_step", "StepResult", "Trainer", "train", "Diverged"]

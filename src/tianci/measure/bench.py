@@ -27,7 +27,8 @@ from ..generate import generate
 from ..model import GPT
 from ..optim import build_optimizers
 from ..runtime import autocast, compute_init, matmul_peak, pick_dtype, sync as _sync
-from ..train import Batches, batch_seed, train_step
+from ..batches import Batches, batch_seed
+from ..train import train_step
 
 
 def peak_memory_mb(device: torch.device) -> float:

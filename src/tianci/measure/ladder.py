@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import LN2
 from ..config import Preset, load_preset, to_dict, validate
 from ..errors import TianciError
 from ..files import atomic_write, atomic_write_json, read_json
 
-LN2 = math.log(2)
+
 RUNGS = ("counting", "bigram", "position", "attention", "multihead", "feedforward", "blocks",
          "residual", "projection", "layernorm", "dropout", "ci-cpu")
 EVAL_TOKENS = 20 * 16 * 32  # tokens per evaluation, equal for every rung (eval_iters scales with B*T)

@@ -14,9 +14,10 @@ import re
 import warnings
 from pathlib import Path
 
+from ..checkpoint import LN2
 from ..errors import TianciError
 
-LN2 = math.log(2)
+
 # Families (as fontconfig/matplotlib name them) that cover Chinese, best first.
 CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Serif CJK SC",
                 "Noto Serif CJK JP", "Noto Sans SC", "Noto Serif SC", "Source Han Sans SC",
