@@ -9,8 +9,9 @@ from dataclasses import fields
 
 import pytest
 
-from tianci.config import (SECTIONS, ConfigError, GPTConfig, NGramConfig, TrainConfig, add_config_flags,
-                           apply_overrides, from_dict, load_preset, preset_names, to_dict)
+from tianci.config import (SECTIONS, ConfigError, GPTConfig, NGramConfig, TrainConfig, from_dict, load_preset,
+                           preset_names, to_dict)
+from tianci.flags import add_config_flags, apply_overrides
 
 RUNG_PRESETS = ["bigram", "position", "attention", "multihead", "feedforward", "blocks", "residual", "projection",
                 "layernorm", "dropout", "ci-cpu", "ci-gpu", "counting"]

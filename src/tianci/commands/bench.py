@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import add_config_flags, apply_overrides, load_preset
+from ..config import load_preset
+from ..flags import add_config_flags, apply_overrides
 from ..errors import TianciError
 
 CI_VOCAB = 6104  # the ci corpus's character vocabulary: the default --vocab-size (synthetic tokens)

@@ -4,8 +4,9 @@ import json
 import os
 from pathlib import Path
 
-from ..config import add_config_flags, apply_overrides, from_dict, load_preset
+from ..config import from_dict, load_preset
 from ..errors import TianciError
+from ..flags import add_config_flags, apply_overrides
 
 
 def add_arguments(p) -> None:
