@@ -26,7 +26,7 @@ from ..config import Preset
 from ..generate import generate
 from ..model import GPT
 from ..optim import build_optimizers
-from ..runtime import autocast, compute_init, matmul_peak, pick_dtype, sync as _sync
+from ..runtime import autocast, compute_init, matmul_peak, sync as _sync
 from ..batches import Batches, batch_seed
 from ..train import train_step
 
@@ -63,11 +63,11 @@ class _Variant:
         return res.loss
 
 
-def bench_train(preset: Preset, device, steps: int = 20, rounds: int = 3, warmup: int = 3,
+def bench_train(preset: Preset, device, fast_dtype: torch.dtype, steps: int = 20, rounds: int = 3, warmup: int = 3,
                 variants=("fast", "classic", "tutorial"), seed: int = 0, log=None) -> dict:
-    """ms/step and tokens/s of each variant, interleaved round by round; median round reported."""
+    """ms/step and tokens/s of each variant, interleaved round by round; median round reported.
+    `fast_dtype`: the dtype compute_init chose for the preset (the trainer's), used by "fast"."""
     cfg, tc = preset.model, preset.train
-    fast_dtype = pick_dtype(tc.dtype, device)
     B, T, V = tc.batch_size, cfg.block_size, cfg.vocab_size
     g = torch.Generator().manual_seed(seed)
     data = [torch.randint(0, V, (B, T + 1), generator=g) for _ in range(8)]
@@ -223,7 +223,7 @@ def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "au
     if log:
         log("matmul peak: " + ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s (n={v['n']})" for k, v in peaks.items()))
     if steps > 0:
-        tr = bench_train(preset, dev, steps=steps, rounds=rounds, variants=variants, log=log)
+        tr = bench_train(preset, dev, fast_dtype, steps=steps, rounds=rounds, variants=variants, log=log)
         for v in tr["variants"].values():
             peak = peaks.get(v["dtype"], peaks["float32"])["gflops"]
             v["mfu"] = tr["flops_per_token"] * v["tokens_per_s"] / (peak * 1e9)
