@@ -61,9 +61,7 @@ trace_shapes(model, idx)
 # %%
 rows = train_rungs(["bigram", "position"])
 rung_table(rows)
-for r in ("bigram", "position"):
-    d = docs_ladder_row(r)
-    print(f"docs/ladder.md, 60 s per rung: {r:<9} val {d['val nats/char (bits)']}  ({d['tokens seen']} tokens)")
+docs_rows(["bigram", "position"])
 
 # %% [markdown]
 # **几乎一样 / Almost no change.** 训练片段是从语料里随机位置切下来的 32 个字，“片段里的第几个字”和词里的句子位置

@@ -101,9 +101,7 @@ trace_shapes(model, idx, depth=5)
 # %%
 rows = train_rungs(["position", "attention"])
 rung_table(rows)
-for r in ("position", "attention"):
-    d = docs_ladder_row(r)
-    print(f"docs/ladder.md, 60 s per rung: {r:<9} val {d['val nats/char (bits)']}  ({d['tokens seen']} tokens)")
+docs_rows(["position", "attention"])
 
 # %% [markdown]
 # **损失反而升了 / The loss went up.** docs/ladder.md 里也是（Δ +0.345）。这一级还没有残差连接（第 9 章）：

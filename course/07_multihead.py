@@ -64,9 +64,7 @@ trace_shapes(model, torch.tensor([tok.encode("春花秋月何时了")]), depth=5
 # %%
 rows = train_rungs(["attention", "multihead"])
 rung_table(rows)
-for r in ("attention", "multihead"):
-    d = docs_ladder_row(r)
-    print(f"docs/ladder.md, 60 s per rung: {r:<9} val {d['val nats/char (bits)']}  ({d['tokens seen']} tokens)")
+docs_rows(["attention", "multihead"])
 
 # %% [markdown]
 # 比单头好（docs/ladder.md：Δ −0.153）：一个头可以留在当前字上，其他头去看别处。

@@ -63,9 +63,7 @@ trace_shapes(model, torch.tensor([tok.encode("春花秋月何时了")]), depth=3
 # %%
 rows = train_rungs(["multihead", "feedforward", "blocks"])
 rung_table(rows)
-for r in ("multihead", "feedforward", "blocks"):
-    d = docs_ladder_row(r)
-    print(f"docs/ladder.md, 60 s per rung: {r:<12} val {d['val nats/char (bits)']}  ({d['tokens seen']} tokens)")
+docs_rows(["multihead", "feedforward", "blocks"])
 
 # %% [markdown]
 # **曲线 / The curves.** `tianci.measure.plot.plot_runs` 画出每一级的训练（细线）和验证（粗线）损失。

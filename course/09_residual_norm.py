@@ -76,11 +76,7 @@ trace_shapes(model, torch.tensor([tok.encode("春花秋月何时了")]), depth=4
 names = ["blocks", "residual", "projection", "layernorm", "dropout"]
 rows = train_rungs(names)
 rung_table(rows)
-print()
-for r in names:
-    d = docs_ladder_row(r)
-    print(f"docs/ladder.md, 60 s per rung: {r:<11} val {d['val nats/char (bits)']}  Δ {d['Δ val']:>7}  "
-          f"({d['tokens seen']} tokens)")
+docs_rows(names)
 
 # %%
 from tianci.measure.plot import plot_ladder, plot_runs

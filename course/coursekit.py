@@ -29,7 +29,8 @@ RUNS = Path(os.environ.get("TIANCI_COURSE_RUNS") or REPO / "runs" / "course")
 LN2 = math.log(2)
 
 __all__ = ["COURSE", "REPO", "FAST", "DATA", "RUNS", "LN2", "budget", "tianci_cli", "data_dir",
-           "check", "show_source", "trace_shapes", "train_rungs", "rung_table", "docs_ladder_row", "show_image", "Timer"]
+           "check", "show_source", "trace_shapes", "train_rungs", "rung_table", "docs_ladder_row", "docs_rows",
+           "show_image", "Timer"]
 
 
 def budget(normal, fast):
@@ -195,6 +196,16 @@ def docs_ladder_row(rung: str) -> dict:
         if cells[0] == rung:
             return dict(zip(cols, cells))
     raise LookupError(f"docs/ladder.md has no row for rung {rung!r}")
+
+
+def docs_rows(names) -> None:
+    """Print the documented figures of these rungs (docs/ladder.md, 60 s per rung) under the
+    chapter's own table, so the two can be read side by side."""
+    width = max(len(n) for n in names)
+    for r in names:
+        d = docs_ladder_row(r)
+        print(f"docs/ladder.md, 60 s per rung: {r:<{width}} val {d['val nats/char (bits)']}  Δ {d['Δ val']:>7}  "
+              f"({d['tokens seen']} tokens)")
 
 
 def show_image(path) -> None:
