@@ -386,3 +386,26 @@ def test_candidates_keep_the_judges_best_draft():
     with pytest.raises(TianciError) as e:
         compose(m, tok, FORM, candidates=2, phon=PHON)
     assert e.value.param == "candidates"
+
+
+def test_theme_favours_its_characters_within_the_form():
+    """Guards a theme (`--theme`, the server's `theme`, chat's 主题) that is accepted but changes
+    nothing, or that places its characters at the cost of the form, and one the vocabulary cannot
+    write being silently ignored."""
+    from tianci.errors import ParameterError
+
+    tok = tok_of(ALL_HAN)
+    theme = "春花秋"  # 平 characters: the form has several 平 and 中 slots for them
+    plain = themed = 0
+    for seed in range(6):
+        m = TinyLM(tok.vocab_size, seed)
+        a = compose(m, tok, FORM, phon=PHON, seed=seed, author="某")
+        b = compose(m, tok, FORM, phon=PHON, seed=seed, author="某", theme=theme)
+        c = check_poem(b.text, FORM, PHON)
+        assert c.form_ok and c.tone_hits == c.tone_total and c.rhyme_hits == c.rhyme_total, b.text
+        plain += sum(ch in theme for ch in a.text)
+        themed += sum(ch in theme for ch in b.text)
+    assert themed > 2 * max(plain, 1), (plain, themed)
+    with pytest.raises(ParameterError) as e:
+        compose(TinyLM(tok.vocab_size), tok, FORM, phon=PHON, theme="xyz")
+    assert e.value.param == "theme"

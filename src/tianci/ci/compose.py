@@ -16,7 +16,8 @@ Because generate() is lazy, the consumer sees token t (and updates the rhyme sta
 is called for step t+1. Polyphonic rhymes keep every 部 they could belong to; the set narrows as
 more rhymes are written. When the constraints leave nothing (tiny vocabularies), the decoder backs
 off in order — allow a repeated rhyme, relax the tone, relax the rhyme, any Han character — and
-reports each backoff; it never hangs. Masks are boolean tensors built once per (tokenizer, form) and
+reports each backoff; it never hangs. A theme (`theme="春"`) adds THEME_BONUS to the logits of its
+characters in the poem — a preference among what the form allows, never past it. Masks are boolean tensors built once per (tokenizer, form) and
 held by a `Composer`, which the caller keeps to reuse them (the CLI per command, the server per run).
 Only character-level tokenizers are supported: a BPE token spans several slots.
 """
@@ -36,6 +37,7 @@ from .tones import PING, ZE, ZHONG, Phonology, bu_name, is_han, load_phonology
 
 AUTHOR_MAX = 4  # characters the model may write as the author's name
 TONE_INDEX = {PING: 0, ZE: 1, ZHONG: 2}
+THEME_BONUS = 2.0  # logits added to a theme's characters: about 7x their odds where the form allows them
 
 
 @dataclass
@@ -61,6 +63,7 @@ class ComposeResult:
     tokens: list[int] = field(default_factory=list)  # generated ids (author, if written, then poem)
     seconds: float = 0.0
     note: str = ""  # why this form was chosen when it is not the default (tianci.ci.fixed)
+    prompt_tokens: int = 0  # the title line the model was prompted with
 
     @property
     def variant(self) -> int | None:
@@ -193,11 +196,12 @@ class ConstrainedDecoder:
     """The state machine behind the logits hook; one RowState per sample."""
 
     def __init__(self, fm: FormMasks, n: int, author_phase: bool, forced: dict[int, int],
-                 no_clause_end: torch.Tensor | None = None):
+                 no_clause_end: torch.Tensor | None = None, bonus: torch.Tensor | None = None):
         self.fm, self.vt, self.form = fm, fm.vt, fm.form
         self.rows = [RowState(author_phase) for _ in range(n)]
         self.forced = forced
         self.no_clause_end = no_clause_end  # (V,) characters a clause should not end on, or None
+        self.bonus = bonus  # (V,) logits added in the poem (a theme's characters), or None
         self.backoffs: list[Backoff] = []
 
     def done(self) -> bool:
@@ -284,7 +288,22 @@ class ConstrainedDecoder:
 
     def hook(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         allowed = torch.stack([self.mask(r) for r in range(len(self.rows))]).to(logits.device)
-        return logits.masked_fill(~allowed, float("-inf"))
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        if self.bonus is not None:  # in the poem only: the author's name is not themed
+            poem = torch.tensor([not r.author_phase for r in self.rows], device=logits.device)
+            logits = logits + poem[:, None] * self.bonus.to(logits.device)
+        return logits
+
+
+def theme_bonus(vt: VocabTables, theme: str | None) -> torch.Tensor | None:
+    """THEME_BONUS on the theme's Han characters the vocabulary has; None without a theme."""
+    if not theme:
+        return None
+    m = vt.one_hot(theme) & vt.han
+    if not m.any():
+        raise ParameterError("theme", theme, "Han characters of the model's vocabulary",
+                             "none of its characters can be written")
+    return m.float() * THEME_BONUS
 
 
 def _encode_loose(vt: VocabTables, text: str) -> list[int]:
@@ -297,7 +316,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                   top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
                   on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
                   variant: int | None = None, composer: Composer | None = None,
-                  candidates: int = 1) -> list[ComposeResult]:
+                  candidates: int = 1, theme: str | None = None) -> list[ComposeResult]:
     """`n` poems to one form, decoded together as one batch. With candidates=M > 1 (needs a
     composer with a judge), n × M drafts are decoded in one batch and each poem is the best of its
     M by the judge (`judge.Judge.scores`). See `compose`."""
@@ -321,7 +340,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     prompt = f"\n\n{form.title} " + (f"{author}\n" if author else "")
     ids = _encode_loose(fm.vt, prompt)
     rows = n * candidates
-    dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end)
+    dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end, theme_bonus(fm.vt, theme))
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
     idx = torch.tensor([ids] * rows, dtype=torch.long, device=device)
     gen = torch.Generator(device=device)
@@ -354,7 +373,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                  for g in range(n_groups)]
         out.append(ComposeResult(text, text.split("\n"), form.title, author or row.author_text, form,
                                  rhyme, [b for b in dec.backoffs if b.sample == r], row.tokens,
-                                 time.perf_counter() - t0, choice.note))
+                                 time.perf_counter() - t0, choice.note, len(ids)))
     if candidates == 1:
         return out
     scores = composer.judge.scores([r.text for r in out], form.rhyme, form.repeat)
@@ -371,16 +390,18 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
             acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
             top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
             on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-            variant: int | None = None, composer: Composer | None = None, candidates: int = 1) -> ComposeResult:
+            variant: int | None = None, composer: Composer | None = None, candidates: int = 1,
+            theme: str | None = None) -> ComposeResult:
     """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
 
     start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
     with a name and no `variant`, the first 词谱 variant that admits them is used (`result.note` says
-    why when it is not the default). author: written into the prompt (None: the model writes one).
-    on_text(str) receives the text as it is decoded. composer: reuse one `Composer` across calls (it
-    holds the vocabulary tables and masks); else one is built from tokenizer, cipu and phon (which
-    default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE, else upstream)."""
+    why when it is not the default). theme: characters to favour (THEME_BONUS). author: written into
+    the prompt (None: the model writes one). on_text(str) receives the text as it is decoded.
+    composer: reuse one `Composer` across calls (it holds the vocabulary tables and masks); else one
+    is built from tokenizer, cipu and phon (which default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE,
+    else upstream)."""
     return compose_batch(model, tokenizer, cipai, 1, start=start, acrostic=acrostic,
                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, author=author,
                          on_text=on_text, cipu=cipu, phon=phon, variant=variant, composer=composer,
-                         candidates=candidates)[0]
+                         candidates=candidates, theme=theme)[0]

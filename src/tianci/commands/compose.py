@@ -12,6 +12,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cipai", required=True, help="词牌 name, alias or pinyin (see `tianci cipai --list`)")
     p.add_argument("--start", default=None, help="opening characters (checked against the pattern)")
     p.add_argument("--acrostic", default=None, help="藏头: the first character of each line (or clause)")
+    p.add_argument("--theme", default=None, help="characters to favour in the poem (e.g. 春; a preference "
+                   "among what the form allows, never past it)")
     p.add_argument("--author", default=None, help="author name in the prompt (default: the model writes one)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
@@ -75,7 +77,7 @@ def run(args) -> int:
         res = compose(r.model, r.tokenizer, form, start=args.start, acrostic=args.acrostic,
                       temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
                       seed=None if args.seed is None else args.seed + i, author=args.author,
-                      on_text=emit, composer=composer, candidates=args.candidates)
+                      on_text=emit, composer=composer, candidates=args.candidates, theme=args.theme)
         which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
         note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"
         note += f"; {len(res.backoffs)} backoff(s): " + "; ".join(map(str, res.backoffs[:5])) if res.backoffs else ""
