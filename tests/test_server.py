@@ -256,6 +256,7 @@ def test_openapi_matches_behaviour(client):
     """Guards: a schema documenting 422s the server never sends, wrong required fields or caps."""
     s = client.get("/openapi.json").json()
     assert set(s["paths"]) == {"/healthz", "/v1/models", "/v1/models/{model}", "/v1/completions",
+                               "/v1/chat/completions",
                                "/api/cipai", "/api/cipai/{name}", "/api/compose"}
     comps = s["components"]["schemas"]
     assert comps["CompletionRequest"]["required"] == ["prompt"] and comps["ComposeRequest"]["required"] == ["cipai"]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .limits import Limits, error_body
 
 MAX_SEED = 2**63 - 1
+CHAT_MAX_TOKENS = 128  # a chat continuation's length when the request names none
 # strict: no "5" -> 5 or true -> 1 coercions; forbid: a misspelt parameter is an error, not a no-op
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -78,6 +79,29 @@ class Completion(BaseModel):
     usage: Usage | None = None
 
 
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    compose: list[dict] | None = Field(None, description="tianci extension, when the request composed: per "
+                                       "choice, the /api/compose result (form, rhyme, seed, note)")
+
+
 class CipaiEntry(BaseModel):
     name: str
     aliases: list[str]
@@ -136,6 +160,7 @@ class RequestModels:
 
     completion: type[BaseModel]
     compose: type[BaseModel]
+    chat: type[BaseModel]
 
     @classmethod
     def build(cls, lim: Limits) -> "RequestModels":
@@ -143,7 +168,8 @@ class RequestModels:
 
     def schema(self, path: str) -> dict | None:
         """The JSON schema of the body a route takes, for naming a parameter's allowed range."""
-        model = {"/v1/completions": self.completion, "/api/compose": self.compose}.get(path)
+        model = {"/v1/completions": self.completion, "/api/compose": self.compose,
+                 "/v1/chat/completions": self.chat}.get(path)
         return None if model is None else model.model_json_schema()
 
 
@@ -182,6 +208,8 @@ def request_models(lim: Limits):
         cipai: str = Field(min_length=1, max_length=40, description="name, alias or pinyin")
         start: str | None = Field(None, max_length=64, description="opening characters")
         acrostic: str | None = Field(None, max_length=64, description="first character of each line (藏头)")
+        theme: str | None = Field(None, max_length=16, description="characters to favour in the poem (a "
+                                  "preference among what the form allows)")
         author: str | None = Field(None, max_length=8, description="null: the model writes one")
         temperature: float = Field(0.8, ge=0, le=2)
         top_p: float | None = Field(0.95, gt=0, le=1)
@@ -190,7 +218,45 @@ def request_models(lim: Limits):
         variant: int | None = Field(None, ge=0, le=999)
         stream: bool = True
 
-    return CompletionRequest, ComposeRequest
+    class TextPart(BaseModel):
+        model_config = STRICT
+        type: Literal["text"]
+        text: Prompt
+
+    class ChatMessage(BaseModel):
+        model_config = STRICT
+        role: Literal["system", "developer", "user", "assistant"]
+        content: Prompt | Annotated[list[TextPart], Field(max_length=16)] | None = None
+        name: str | None = Field(None, max_length=64)
+
+    class ChatRequest(BaseModel):
+        """OpenAI /v1/chat/completions: a last user message naming a 词牌 composes (see the route), any
+        other conversation is continued. Unsupported OpenAI options are accepted only at their no-op value."""
+        model_config = STRICT
+        messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=lim.max_messages)]
+        model: str | None = Field(None, max_length=200)
+        max_completion_tokens: int | None = Field(None, ge=0, le=lim.max_tokens,
+                                                  description=f"continuations (null: {CHAT_MAX_TOKENS} capped by "
+                                                  "the server's limit); a composition is always the whole form")
+        max_tokens: int | None = Field(None, ge=0, le=lim.max_tokens, description="the older name of "
+                                       "max_completion_tokens")
+        temperature: float | None = Field(None, ge=0, le=2, description="null: 1 for continuations, 0.8 to compose")
+        top_p: float | None = Field(None, gt=0, le=1, description="null: 1 for continuations, 0.95 to compose")
+        top_k: int | None = Field(None, ge=0, le=100_000, description="tianci extension; 0 or null = off")
+        n: int | None = Field(1, ge=1, le=lim.max_n)
+        stop: Stop | Annotated[list[Stop], Field(max_length=lim.max_stop)] | None = Field(
+            None, description="continuations only")
+        seed: int | None = Field(None, ge=0, le=MAX_SEED)
+        stream: bool | None = False
+        stream_options: StreamOptions | None = None
+        user: str | None = Field(None, max_length=256)
+        logprobs: Literal[False] | None = Field(None, description="not supported: null or false")
+        top_logprobs: int | None = Field(None, ge=0, le=0, description="not supported: null or 0")
+        presence_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
+        frequency_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
+        logit_bias: dict[str, float] | None = Field(None, max_length=0, description="not supported")
+
+    return CompletionRequest, ComposeRequest, ChatRequest
 
 
 # ----------------------------------------------------------------------------- validation errors

@@ -4,7 +4,8 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Routes (in `serve.routes`): GET / (playground), GET /v1/models, POST /v1/completions (OpenAI
-completions, streaming as server-sent events), GET /api/cipai, GET /api/cipai/{name}, POST
+completions, streaming as server-sent events), POST /v1/chat/completions (OpenAI chat: a message
+naming a 词牌 composes, see `serve.chat`; any other is continued), GET /api/cipai, GET /api/cipai/{name}, POST
 /api/compose (streamed), GET /healthz. Every error has the OpenAI shape {"error": {"message", "type",
 "param", "code"}} (plus "allowed" and "suggestions" where the library error carries them).
 Sampling is the shared `tianci.generate.stream`, 填词 the shared `tianci.ci.compose.compose`; both run in
@@ -25,8 +26,9 @@ from .limits import BodyLimit, Limits, SecurityHeaders, error_body
 from .state import AppState, state_of
 from .stream import ClientGone, api_error
 
-DESCRIPTION = ("Song ci (宋词) from a small GPT: an OpenAI-compatible completions API "
-               "and 填词 to a chosen 词牌 with guaranteed form, tone and rhyme.")
+DESCRIPTION = ("Song ci (宋词) from a small GPT: OpenAI-compatible completions and chat completions "
+               "(a chat message naming a 词牌 composes), and 填词 to a chosen 词牌 with guaranteed form, "
+               "tone and rhyme.")
 
 
 def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None = None,
@@ -67,6 +69,7 @@ def create_app(run, *, cipu=None, load_cipu: bool = True, limits: Limits | None 
         add_docs(app, assets)
     app.include_router(routes.page.router)
     app.include_router(routes.openai.router(st.models))
+    app.include_router(routes.chat.router(st.models))
     app.include_router(routes.cipai.router(st.models))
     app.openapi = lambda: _openapi(app)
     return app

@@ -31,6 +31,7 @@ class Limits:
     max_choices: int = 8  # prompts x n
     max_stop: int = 4
     max_stop_chars: int = 32
+    max_messages: int = 32  # per /v1/chat/completions request; their contents share max_prompt_chars
     max_body_bytes: int = 64 * 1024
     workers: int = 1
     max_waiting: int = 64  # jobs queued behind the running ones before 429
@@ -39,7 +40,7 @@ class Limits:
         from ..errors import TianciError
 
         for name, lo in (("max_tokens", 1), ("max_prompt_chars", 1), ("max_prompts", 1), ("max_n", 1),
-                         ("max_choices", 1), ("max_stop", 0), ("max_stop_chars", 1),
+                         ("max_choices", 1), ("max_stop", 0), ("max_stop_chars", 1), ("max_messages", 1),
                          ("max_body_bytes", 256), ("workers", 1), ("max_waiting", 0)):
             if getattr(self, name) < lo:
                 raise TianciError(f"server limit {name}={getattr(self, name)} must be >= {lo}")

@@ -15,6 +15,7 @@ from fastapi import Request
 from .api import ApiError, RequestModels
 from .limits import Limits, Scheduler
 
+CHOOSE_ANY = 60  # 词牌 tried, most common first, for a chat message that names none
 STATIC = {"index.html": "text/html; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "app.js": "text/javascript; charset=utf-8"}
 
@@ -68,6 +69,25 @@ class AppState:
             choice = composer.choose(cipai, variant, start or None, acrostic or None)
             composer.masks(choice.form)
         return choice
+
+
+    def choose_any(self, start: str | None, acrostic: str | None):
+        """For a chat message that names no 词牌: the first of the CHOOSE_ANY most common 词牌
+        (`CiPu.listing` order) with a form that admits start / acrostic."""
+        from ..ci.fixed import FixedCharsError
+        from ..errors import TianciError
+
+        rows = self.need_cipu().listing()[:CHOOSE_ANY]
+        for row in rows:
+            try:
+                return self.choose(row.name, None, start, acrostic)
+            except FixedCharsError:
+                continue
+        param = "acrostic" if acrostic else "start"
+        value = acrostic if acrostic else start
+        raise TianciError(f"{param} {value!r} fits no form of the {len(rows)} most common 词牌; name one",
+                          param=param, allowed=f"what one of the {len(rows)} most common 词牌 admits",
+                          hints={"api": "e.g. \"浣溪沙 藏头:春花秋月\" (see GET /api/cipai/{name} for a form)"})
 
 
 def state_of(request: Request) -> AppState:

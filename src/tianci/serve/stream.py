@@ -43,16 +43,36 @@ class UsageCount:
 
 @dataclass(frozen=True)
 class ComposeText:
-    """A piece of a composition: the model-written author's name, or the poem."""
+    """A piece of composition `index`: the model-written author's name, or the poem."""
 
     kind: Literal["author", "text"]
     text: str
+    index: int = 0
 
 
 @dataclass(frozen=True)
 class ComposeDone:
     result: object  # the ci.compose.ComposeResult
     note: str = ""  # FormChoice.note: why a variant other than the default was taken
+    index: int = 0
+    seed: int = 0   # the seed this composition used
+
+
+@dataclass(frozen=True)
+class ComposeParams:
+    """One compose request, whichever route it came by (/api/compose, /v1/chat/completions)."""
+
+    cipai: str | None  # None (chat only): the most common 词牌 whose form admits start / acrostic
+    seed: int          # composition i uses seed + i, as `tianci compose --num-samples` does
+    variant: int | None = None
+    start: str | None = None
+    acrostic: str | None = None
+    theme: str | None = None
+    author: str | None = None
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    n: int = 1
 
 
 # ----------------------------------------------------------------------------- jobs (worker thread)
@@ -70,29 +90,31 @@ def completion_job(run, prompts: list[str], n: int, opts):
     return work
 
 
-def compose_job(run, composer, choice, req, seed: int):
-    """Compose to `choice` (from `AppState.choose`) with the app's one composer, as `tianci compose` does."""
+def compose_job(run, composer, choice, p: ComposeParams):
+    """Compose p.n poems to `choice` (from `AppState.choose`) with the app's one composer, as `tianci
+    compose` does."""
     from ..ci.compose import compose
 
     def work(emit, cancelled):
-        in_author = req.author is None  # the model writes the author's name first, up to a newline
+        for i in range(p.n):
+            in_author = not p.author  # the model writes the author's name first, up to a newline
 
-        def on_text(piece: str) -> None:
-            nonlocal in_author
-            if in_author:
-                head, nl, rest = piece.partition("\n")
-                if head:
-                    emit(ComposeText("author", head))
-                if not nl:
-                    return
-                in_author, piece = False, rest
-            if piece:
-                emit(ComposeText("text", piece))
+            def on_text(piece: str) -> None:
+                nonlocal in_author
+                if in_author:
+                    head, nl, rest = piece.partition("\n")
+                    if head:
+                        emit(ComposeText("author", head, i))
+                    if not nl:
+                        return
+                    in_author, piece = False, rest
+                if piece:
+                    emit(ComposeText("text", piece, i))
 
-        res = compose(run.model, run.tokenizer, choice.form, start=req.start or None, acrostic=req.acrostic or None,
-                      temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p, seed=seed,
-                      author=req.author or None, on_text=on_text, composer=composer)
-        emit(ComposeDone(res, choice.note))
+            res = compose(run.model, run.tokenizer, choice.form, start=p.start or None, acrostic=p.acrostic or None,
+                          temperature=p.temperature, top_k=p.top_k or None, top_p=p.top_p, seed=p.seed + i,
+                          author=p.author or None, theme=p.theme or None, on_text=on_text, composer=composer)
+            emit(ComposeDone(res, choice.note, i, p.seed + i))
     return work
 
 
@@ -203,13 +225,13 @@ async def compose_events(items, info, seed):
     yield {"type": "form", "form": info, "seed": seed}
     async for item in items:
         if isinstance(item, ComposeDone):
-            yield {"type": "done", "result": result_json(item, info, seed)}
+            yield {"type": "done", "result": result_json(item, info)}
         else:
             yield {"type": item.kind, "text": item.text}
 
 
-def result_json(done: ComposeDone, info, seed) -> dict:
+def result_json(done: ComposeDone, info) -> dict:
     res = done.result
     return {"cipai": res.form.name, "title": res.title, "author": res.author, "text": res.text,
             "lines": res.lines, "rhyme": res.rhyme, "backoffs": [str(b) for b in res.backoffs],
-            "seconds": round(res.seconds, 3), "seed": seed, "note": done.note, "form": info}
+            "seconds": round(res.seconds, 3), "seed": done.seed, "note": done.note, "form": info}

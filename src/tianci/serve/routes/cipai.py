@@ -11,7 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from .. import api
 from ..api import ApiError, RequestModels
 from ..state import AppState, state_of
-from ..stream import ComposeDone, api_error, collect, compose_events, compose_job, result_json, sse_response
+from ..stream import (ComposeDone, ComposeParams, api_error, collect, compose_events, compose_job, result_json,
+                      sse_response)
 from .common import ERRORS, SSE, err
 from ...errors import TianciError
 
@@ -70,15 +71,30 @@ async def listing(st: AppState, q: str | None, limit: int, forms: bool) -> dict:
     return {"total": len(rows), "data": out}
 
 
+async def compose_start(st: AppState, p: ComposeParams):
+    """(choice, job): the form from `AppState.choose` (or, for a chat message naming no 词牌,
+    `AppState.choose_any`), the poems from the app's composer. The one way into 填词 for every route."""
+    if p.cipai is None:
+        choice = await in_thread(st.choose_any, p.start, p.acrostic)
+    else:
+        choice = await in_thread(st.choose, p.cipai, p.variant, p.start, p.acrostic)
+    return choice, compose_job(st.run, st.composer(), choice, p)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
 async def compose(st: AppState, req, request: Request):
-    """One composition, streamed or whole: the form from `AppState.choose`, the poem from the app's composer."""
-    choice = await in_thread(st.choose, req.cipai, req.variant, req.start, req.acrostic)
-    seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-    job = compose_job(st.run, st.composer(), choice, req, seed)
+    """One composition, streamed or whole."""
+    seed = req.seed if req.seed is not None else random_seed()
+    p = ComposeParams(req.cipai, seed, req.variant, req.start, req.acrostic, req.theme, req.author,
+                      req.temperature, req.top_k, req.top_p)
+    choice, job = await compose_start(st, p)
     info = api.form_info(choice.form)
     if req.stream:
         return await sse_response(request, st.scheduler, job, lambda items: compose_events(items, info, seed))
     async for item in collect(request, st.scheduler, job):
         if isinstance(item, ComposeDone):
-            return result_json(item, info, seed)
+            return result_json(item, info)
     raise ApiError(503, "the composition was cancelled", type_="server_error")

@@ -47,12 +47,13 @@ def check_model(st: AppState, model: str | None) -> None:
                        "model_not_found")
 
 
-def sample_options(req, stops: list[str]):
-    """OpenAI's sampling fields as `generate.SampleOptions` (OpenAI's defaults where they are null)."""
+def sample_options(req, max_tokens: int):
+    """An OpenAI request's sampling fields as `generate.SampleOptions` (OpenAI's defaults where they
+    are null); max_tokens is the route's own (its field names and defaults differ)."""
     from ...generate import SampleOptions
 
-    return SampleOptions(max_new_tokens=16 if req.max_tokens is None else req.max_tokens,
-                         temperature=1.0 if req.temperature is None else req.temperature,
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    return SampleOptions(max_new_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                          top_k=req.top_k or None, top_p=req.top_p if req.top_p not in (None, 1) else None,
                          seed=req.seed, stop=tuple(stops))
 
@@ -78,8 +79,7 @@ async def complete(st: AppState, req, request: Request):
         raise ApiError(400, f"best_of={req.best_of}: only best_of == n ({n}) is supported", "best_of")
     for i, p in enumerate(prompts):
         check_prompt(st, p, "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]")
-    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    job = completion_job(st.run, prompts, n, sample_options(req, stops))
+    job = completion_job(st.run, prompts, n, sample_options(req, 16 if req.max_tokens is None else req.max_tokens))
     cid, now = f"cmpl-{secrets.token_hex(12)}", int(time.time())
     echo = [p for p in prompts for _ in range(n)] if req.echo else None
     if req.stream:
