@@ -16,8 +16,8 @@ Because generate() is lazy, the consumer sees token t (and updates the rhyme sta
 is called for step t+1. Polyphonic rhymes keep every 部 they could belong to; the set narrows as
 more rhymes are written. When the constraints leave nothing (tiny vocabularies), the decoder backs
 off in order — allow a repeated rhyme, relax the tone, relax the rhyme, any Han character — and
-reports each backoff; it never hangs. A theme (`theme="春"`) adds THEME_BONUS to the logits of its
-characters in the poem — a preference among what the form allows, never past it. Masks are boolean tensors built once per (tokenizer, form) and
+reports each backoff; it never hangs. A theme (`theme="春"`) adds `fixed.THEME_BONUS` to the logits of
+its characters in the poem — a preference among what the form allows, never past it. Masks are boolean tensors built once per (tokenizer, form) and
 held by a `Composer`, which the caller keeps to reuse them (the CLI per command, the server per run).
 Only character-level tokenizers are supported: a BPE token spans several slots.
 """
@@ -31,13 +31,12 @@ import torch
 
 from .cipai import CiPu
 from ..errors import ParameterError, TianciError
-from .fixed import FormChoice, check_vocabulary, choose_form
+from .fixed import FormChoice, check_vocabulary, choose_form, theme_bonus
 from .form import CellKind, Form
 from .tones import PING, ZE, ZHONG, Phonology, bu_name, is_han, load_phonology
 
 AUTHOR_MAX = 4  # characters the model may write as the author's name
 TONE_INDEX = {PING: 0, ZE: 1, ZHONG: 2}
-THEME_BONUS = 2.0  # logits added to a theme's characters: about 7x their odds where the form allows them
 
 
 @dataclass
@@ -295,17 +294,6 @@ class ConstrainedDecoder:
         return logits
 
 
-def theme_bonus(vt: VocabTables, theme: str | None) -> torch.Tensor | None:
-    """THEME_BONUS on the theme's Han characters the vocabulary has; None without a theme."""
-    if not theme:
-        return None
-    m = vt.one_hot(theme) & vt.han
-    if not m.any():
-        raise ParameterError("theme", theme, "Han characters of the model's vocabulary",
-                             "none of its characters can be written")
-    return m.float() * THEME_BONUS
-
-
 def _encode_loose(vt: VocabTables, text: str) -> list[int]:
     """The prompt's characters the vocabulary has (a title character it lacks is just dropped)."""
     return [vt.stoi[c] for c in text if c in vt.stoi]
@@ -396,7 +384,7 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
 
     start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
     with a name and no `variant`, the first 词谱 variant that admits them is used (`result.note` says
-    why when it is not the default). theme: characters to favour (THEME_BONUS). author: written into
+    why when it is not the default). theme: characters to favour (fixed.THEME_BONUS). author: written into
     the prompt (None: the model writes one). on_text(str) receives the text as it is decoded.
     composer: reuse one `Composer` across calls (it holds the vocabulary tables and masks); else one
     is built from tokenizer, cipu and phon (which default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE,
