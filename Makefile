@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 # Real users on a machine without a local torch wheel may want the CPU index:
 #   make demo TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_INDEX ?=
-EXTRAS      ?= serve,plot,phonology,track,eval,interop,dev
+EXTRAS      ?= serve,plot,phonology,track,eval,classical,interop,dev
 DATA        ?= data/ci
 RUN         ?= runs/demo
 DEMO_SECONDS ?= 180

@@ -193,15 +193,15 @@ class Run:
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"{self.path / 'config.json'}: the preset section is malformed ({e!r})") from None
 
-    def begin(self, kind: str, preset: dict, data_dir) -> None:
-        """Write config.json and tokenizer.json of a new run trained on `data_dir`."""
+    def begin(self, kind: str, preset: dict, data_dir, **extra) -> None:
+        """Write config.json (plus `extra` sections: init_from) and tokenizer.json of a new run."""
         from .corpus import DataDir
 
         data = DataDir(data_dir)
         meta, tok = data.meta(), data.tokenizer()
         atomic_write_json(self.path / "config.json", {
             "kind": kind, "preset": preset, "data": {**meta, "dir": str(data.path)},
-            "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}})
+            "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()}, **extra})
         atomic_write(self.path / "tokenizer.json", (data.path / "tokenizer.json").read_bytes())
 
     def tokenizer(self, cfg: dict | None = None):

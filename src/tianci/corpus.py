@@ -3,14 +3,18 @@
 `tianci prepare` writes, into one data directory:
   ci.txt          the tutorial's format: a title line `词牌 作者`, one paragraph per line,
                   a blank line after every poem (so the text of poem i is `title\\nline\\n...line\\n\\n`)
-  poems.jsonl     one poem a line: rhythmic, author, paragraphs (title if any) and split (train|val)
+  poems.jsonl     one poem a line: rhythmic, author, paragraphs (title, theme if any) and split
+                  (train|val); a poem of another genre (`--corpus classical`) has genre and title
+                  instead of rhythmic
   train.bin/val.bin  raw little-endian uint16 token ids (uint32 if the vocabulary is larger), as
                   nanoGPT: np.fromfile(path, dtype=np.uint16) reads them
   tokenizer.json  char table or Hugging Face BPE (see tianci.tokenizer)
   meta.json       sizes, counts and how the split was made
 
 The split is by whole poem (seeded shuffle) so no poem is in both train and val; `split="tail"`
-is the tutorial's: the last val_fraction of the text. The vocabulary is built from the whole
+is the tutorial's: the last val_fraction of the text. Only ci goes to val: the classical verse
+added by `--corpus classical` (tianci.classical) all trains, and the ci val split is the same
+poems as a ci-only corpus's, so val losses compare. Title lines are written by tianci.header. The vocabulary is built from the whole
 corpus, as in the tutorial, so val never holds an unknown character.
 """
 
@@ -21,6 +25,7 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from . import sources
 from .files import read_text
 from .errors import DataError, TianciError
 from .files import MANIFEST, Manifest, Staging, atomic_write, salvage
+from .header import CI, Header
 from .tokenizer import BPETokenizer, CharTokenizer
 
 CI_FILES = [f"宋词/ci.song.{n}.json" for n in range(0, 22000, 1000)]
@@ -37,14 +43,18 @@ OUTPUTS = ("ci.txt", "poems.jsonl", "train.bin", "val.bin", "tokenizer.json", "m
 
 @dataclass
 class Poem:
-    rhythmic: str  # the 词牌 (tune)
+    rhythmic: str  # the 词牌 (tune); "" for another genre
     author: str
     paragraphs: list[str]
     title: str | None = None
+    genre: str = CI  # tianci.header.GENRES
 
-    def text(self) -> str:
+    def header(self, theme: tuple[str, ...] = ()) -> Header:
+        return Header(self.rhythmic if self.genre == CI else self.title or "无题", self.author, self.genre, theme)
+
+    def text(self, theme: tuple[str, ...] = ()) -> str:
         """The poem in ci.txt's format, without the blank line that follows it."""
-        return "\n".join([f"{self.rhythmic} {self.author}", *self.paragraphs])
+        return "\n".join([self.header(theme).text(), *self.paragraphs])
 
 
 @dataclass
@@ -210,8 +220,11 @@ def _adopt_legacy_data(out: Path) -> Manifest | None:
 
 def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 8192, split: str = "poem",
           val_fraction: float = 0.1, seed: int = 1337, force: bool = False, progress: bool = False,
-          extra_meta: dict | None = None) -> dict:
+          themes: float = 0.0, extra_meta: dict | None = None) -> dict:
     """Tokenize and split `corpus`, write the data directory `out`, return meta (also in meta.json).
+
+    themes: the fraction of train poems whose title line carries 1–3 words of the poem
+    (tianci.themes); val poems never do.
 
     The files are built in a folder beside `out` and swapped in whole (files.Staging): a kill leaves
     the old data set or the new one. Files in `out` that tianci did not write are kept."""
@@ -223,12 +236,28 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
         raise TianciError(f"--split={split!r} is not allowed: expected poem|tail")
     if tokenizer not in ("char", "bpe"):
         raise TianciError(f"--tokenizer={tokenizer!r} is not allowed: expected char|bpe")
+    if not 0 <= themes <= 1:
+        raise TianciError(f"--themes={themes} is not allowed: expected 0 <= f <= 1", param="themes", allowed="0..1")
+    poems = corpus.poems
+    mixed = poems is not None and any(p.genre != CI for p in poems)
+    if split == "tail" and (mixed or themes):
+        raise TianciError("--split tail cannot keep val to plain ci: use --split poem with --corpus classical "
+                          "or --themes", param="split", allowed="poem")
+    if themes and poems is None:
+        raise TianciError("--themes needs poems (theme words are drawn from each poem): not --text",
+                          param="themes", allowed="0 with --text")
     import numpy as np  # only here: reading a meta.json (the counting model) stays numpy-free
 
     out = Path(out)
     _check_out(out, force)
     t0 = time.time()
     chunks = [d + "\n\n" for d in corpus.docs]
+    is_val, theme = _split(corpus, len(chunks), split, val_fraction, seed), [()] * len(chunks)
+    if themes:
+        from .themes import draw_themes
+
+        theme = draw_themes(["\n".join(p.paragraphs) for p in poems], is_val, themes, seed)
+        chunks = [p.text(t) + "\n\n" if t else c for p, t, c in zip(poems, theme, chunks)]
     text = "".join(chunks)
     # The vocabulary comes from the whole corpus (as the tutorial): val has no unknown characters.
     if tokenizer == "char":
@@ -242,7 +271,6 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
         return [i for ids in tok.encode_batch(parts) for i in ids]  # a poem's tokens never cross poems
 
     if split == "poem":
-        is_val = split_poems(len(chunks), val_fraction, seed)
         train_parts = [c for c, v in zip(chunks, is_val) if not v]
         val_parts = [c for c, v in zip(chunks, is_val) if v]
     else:  # the tutorial's cut: the last val_fraction of the characters
@@ -267,6 +295,8 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
         "n_train": is_val.count(False),
         "n_val": is_val.count(True),
         "skipped": {"no_paragraphs": len(corpus.skipped)},
+        **({"genres": dict(Counter(p.genre for p in poems))} if mixed else {}),
+        **({"themes": themes, "n_themed": sum(1 for t in theme if t)} if themes else {}),
         "source": corpus.source,
         "input": "poetry" if corpus.poems is not None else "text",
         "split": split,
@@ -277,21 +307,38 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
     }
     stage = Staging(out, "data")
     with stage as tmp:
-        _write_set(tmp, text, corpus, is_val, tok, np.dtype(dtype), train_ids, val_ids, meta, t0)
+        _write_set(tmp, text, corpus, is_val, theme, tok, np.dtype(dtype), train_ids, val_ids, meta, t0)
         stage.owned = sorted(p.name for p in tmp.iterdir() if p.name in OUTPUTS)
     return meta
 
 
-def _write_set(d: Path, text, corpus, is_val, tok, dtype, train_ids, val_ids, meta, t0) -> None:
+def _split(corpus: Corpus, n: int, split: str, val_fraction: float, seed: int) -> list[bool]:
+    """is_val per document for the per-poem split, over the ci poems only (the same poems as a
+    ci-only corpus's val); the tail split is cut later, from the text."""
+    if split != "poem":
+        return [False] * n
+    if corpus.poems is None:
+        return split_poems(n, val_fraction, seed)
+    ci = [i for i, p in enumerate(corpus.poems) if p.genre == CI]
+    is_val = [False] * n
+    for i, v in zip(ci, split_poems(len(ci), val_fraction, seed)):
+        is_val[i] = v
+    return is_val
+
+
+def _write_set(d: Path, text, corpus, is_val, theme, tok, dtype, train_ids, val_ids, meta, t0) -> None:
     import numpy as np
 
     atomic_write(d / "ci.txt", text)
     if corpus.poems is not None:
         rows = []
-        for p, v in zip(corpus.poems, is_val):
-            row = {"rhythmic": p.rhythmic, "author": p.author, "paragraphs": p.paragraphs}
-            if p.title:
+        for p, v, t in zip(corpus.poems, is_val, theme):
+            row = ({"rhythmic": p.rhythmic} if p.genre == CI else {"genre": p.genre, "title": p.title}) | {
+                "author": p.author, "paragraphs": p.paragraphs}
+            if p.title and p.genre == CI:
                 row["title"] = p.title
+            if t:
+                row["theme"] = list(t)
             row["split"] = "val" if v else "train"
             rows.append(json.dumps(row, ensure_ascii=False))
         atomic_write(d / "poems.jsonl", "\n".join(rows) + "\n")

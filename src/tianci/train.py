@@ -152,7 +152,7 @@ def resolve_preset(preset: Preset, meta: dict, data_dir: Path) -> Preset:
 
 class Trainer:
     def __init__(self, preset: Preset, data_dir: Path, run_dir: Path, resume: bool = False,
-                 compute: Compute | None = None):
+                 compute: Compute | None = None, init_from=None):
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.meta = read_meta(self.data_dir)
         self.preset = resolve_preset(preset, self.meta, self.data_dir)
@@ -160,6 +160,11 @@ class Trainer:
         self.compute = compute or compute_init(tc.device, tc.dtype, seed=tc.seed)
         self.device = self.compute.device
         self.model = GPT(self.preset.model).to(self.device)
+        self.init_from = None  # tianci.finetune.InitFrom when the weights start from another run
+        if init_from is not None:
+            from .corpus import DataDir
+            from .finetune import init_weights
+            self.init_from = init_weights(self.model, init_from, DataDir(self.data_dir).tokenizer())
         if self.preset.model.head == "adaptive":  # frequency order for its clusters (resume reloads it)
             self.model.lm_head.set_frequencies(token_counts(self.data_dir / "train.bin", self.meta["dtype"],
                                                             self.preset.model.vocab_size))
@@ -362,8 +367,9 @@ class Trainer:
 
 
 def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: bool = False,
-          quiet: bool = False) -> dict:
-    """Train `preset` on the prepared data in data_dir, writing the run to out_dir."""
+          quiet: bool = False, init_from=None) -> dict:
+    """Train `preset` on the prepared data in data_dir, writing the run to out_dir; init_from: a run
+    directory whose weights the new run starts from (tianci.finetune)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if preset.kind == "ngram":
         from .ngram import train_run
@@ -374,7 +380,7 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
         if compute.master and resume:
             ck.Run.resume(out_dir)  # cleans a killed writer's temp files
         # built before the run directory: bad data or config fail before anything is created or cleared
-        trainer = Trainer(preset, data_dir, out_dir, resume=resume, compute=compute)
+        trainer = Trainer(preset, data_dir, out_dir, resume=resume, compute=compute, init_from=init_from)
         if compute.master and not resume:
             ck.Run.create(out_dir, force=force)
         if compute.master:
@@ -382,7 +388,8 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
                 print(f"tianci train: {preset.name} -> {out_dir} on {compute.device} ({str(compute.dtype)[6:]})\n"
                       f"{format_config(trainer.preset)}", file=sys.stderr)
             if not resume:
-                ck.Run(out_dir).begin("gpt", to_dict(trainer.preset), trainer.data_dir)
+                init = {"init_from": trainer.init_from.record()} if trainer.init_from else {}
+                ck.Run(out_dir).begin("gpt", to_dict(trainer.preset), trainer.data_dir, **init)
         compute.barrier()  # rank 0 has created the run dir
         return trainer.fit()
     finally:

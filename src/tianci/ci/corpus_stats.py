@@ -110,6 +110,8 @@ def load_corpus(data: str | os.PathLike | None = None) -> CorpusStats | None:
                 continue
             try:
                 d = json.loads(line)
+                if d.get("genre", "ci") != "ci":  # the classical verse of a pretraining corpus: not ci
+                    continue
                 poems.append(CorpusPoem(d["rhythmic"], d.get("author", ""), list(d["paragraphs"]),
                                         d.get("split", "train")))
             except (ValueError, KeyError, TypeError) as e:

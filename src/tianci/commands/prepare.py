@@ -6,6 +6,7 @@ import sys
 import time
 
 from ..corpus import Corpus, build, load_poems, load_texts
+from ..errors import TianciError
 
 
 def add_arguments(p) -> None:
@@ -14,6 +15,12 @@ def add_arguments(p) -> None:
                         "source given last time, else the upstream GitHub raw files, downloaded once)")
     p.add_argument("--text", nargs="+", metavar="FILE", default=None,
                    help="use these UTF-8 text files as the corpus instead (documents = blank-line blocks)")
+    p.add_argument("--corpus", choices=("ci", "classical"), default="ci",
+                   help="ci: 宋词 + 南唐 (default); classical: also 全唐诗, 全宋诗 (where the source has it), 元曲, "
+                        "诗经, 楚辞 for pretraining, each title line tagged with its genre; val stays ci")
+    p.add_argument("--themes", type=float, default=0.0, metavar="FRACTION",
+                   help="write 1-3 words of each poem into the title line of this fraction of the train "
+                        "poems, e.g. 0.8 (for `compose --theme`; val poems never get them; default 0)")
     p.add_argument("--out", default="data/ci", help="data directory to write (default data/ci)")
     p.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default 8192)")
@@ -31,20 +38,32 @@ def run(args) -> int:
     t0 = time.time()
     progress = not args.quiet and sys.stderr.isatty()
     if args.text:
+        if args.corpus != "ci":
+            raise TianciError("give --text or --corpus, not both", param="corpus")
         corpus = Corpus(docs=load_texts(args.text), source=" ".join(args.text))
     else:
         from ..sources import resolve
 
         source = resolve("poetry", args.source)[0]
         skipped: list[str] = []
-        poems = load_poems(args.source, skipped=skipped, progress=not args.quiet)
+        if args.corpus == "classical":
+            from ..classical import load_classical
+
+            cl = load_classical(args.source, skipped=skipped, progress=not args.quiet)
+            poems = cl.poems
+            print("classical: " + ", ".join(f"{k} {v:,}" for k, v in cl.counts.items()) +
+                  "".join(f"; {m} not in {source}: skipped (give an upstream --source to add it)"
+                          for m in cl.missing), file=sys.stderr)
+        else:
+            poems = load_poems(args.source, skipped=skipped, progress=not args.quiet)
         corpus = Corpus([p.text() for p in poems], source, poems, skipped)
         for s in skipped[:10]:
             print(f"skipped {s}", file=sys.stderr)
         if len(skipped) > 10:
             print(f"... and {len(skipped) - 10} more skipped", file=sys.stderr)
     meta = build(corpus, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size, split=args.split,
-                 val_fraction=args.val_fraction, seed=args.seed, force=args.force, progress=progress)
+                 val_fraction=args.val_fraction, seed=args.seed, force=args.force, progress=progress,
+                 themes=args.themes, extra_meta={"corpus": args.corpus} if args.corpus != "ci" else None)
     chars = meta["train_chars"] + meta["val_chars"]
     print(f"poems {meta['n_poems']:,} (train {meta['n_train']:,}, val {meta['n_val']:,}; "
           f"skipped {meta['skipped']['no_paragraphs']})  chars {chars:,}  "
