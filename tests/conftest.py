@@ -18,6 +18,9 @@ from pathlib import Path
 _HOME = Path(tempfile.mkdtemp(prefix="tianci-test-home-"))
 os.environ["TIANCI_CONFIG_DIR"] = str(_HOME / "config")
 os.environ["TIANCI_CACHE_DIR"] = str(_HOME / "cache")
+# --dtype auto stays float32 on CPUs: on a CPU with bf16 matmuls it would otherwise time fp32 against bf16
+# (tianci.autodtype) and the suite's numbers would depend on what a timing picked. test_autodtype tests it.
+os.environ["TIANCI_DTYPE_PROBE"] = "0"
 
 import pytest
 

@@ -170,6 +170,8 @@ class TrainConfig:
     max_iters: int = _f(5000, "step budget (optimizer steps)", lo=0, hi=10**12)
     max_time: float = _f(0.0, "time budget in seconds of training; 0 = none (the learning-rate schedule "
                          "follows the clock)", lo=0.0, hi=1e8)
+    target_loss: float = _f(0.0, "stop at the first evaluation whose val loss (nats/char) is at or below this; "
+                            "0 = off (the schedule is unchanged: a speedrun's target)", lo=0.0)
     learning_rate: float = _f(3e-4, "peak learning rate (after warmup)", lo=0.0, lo_open=True)
     min_lr: float = _f(3e-5, "learning rate at the end of the cosine decay (<= learning_rate)", lo=0.0)
     warmup_iters: int = _f(100, "steps of linear warmup", lo=0)
@@ -188,7 +190,8 @@ class TrainConfig:
     ckpt_interval: int = _f(0, "checkpoint every this many steps; 0 = at every evaluation", lo=0)
     seed: int = _f(1337, "random seed (weights, batches, dropout)", lo=0, hi=2**62)
     device: str = _f("auto", "auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")
-    dtype: str = _f("auto", "compute dtype (auto: bf16/fp16 on CUDA, fp32 on CPU)",
+    dtype: str = _f("auto", "compute dtype (auto: bf16/fp16 on CUDA; on a CPU bf16 where it has bf16 matmuls and "
+                    "a short probe of this config finds it faster, else fp32)",
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "torch.compile the model")
     fused_loss: bool = _f(True, "chunked cross-entropy that never materialises full fp32 logit grads")

@@ -64,3 +64,9 @@ class Interrupted(TianciError):
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name} at step {step}; checkpoint saved in {run_dir}",
                          hints={"cli": f"continue with `tianci train --resume {run_dir}`"})
+
+
+class Diverged(TianciError):
+    """The loss (or the weights) became non-finite; nothing was saved after the last finite checkpoint."""
+
+    status = 500

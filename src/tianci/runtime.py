@@ -1,7 +1,8 @@
 """Compute set-up shared by every command that runs a model: `compute_init` picks the device and
 dtype, sets threads, seeds and allocator tuning, and joins the DDP group when torchrun launched us
 (nanochat's `common.compute_init` is the model). train, bench, sample, compose and serve call it
-once at start; nothing else changes process-wide torch state.
+once at start; nothing else changes process-wide torch state. `StopSignals` is the trainer's
+one other process-wide change: SIGTERM / SIGINT handlers while a run trains.
 
 One backend rule for DDP: NCCL when the device is CUDA, gloo otherwise.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ class Compute:
     world: int = 1
     malloc_tuned: bool = False
     owns_group: bool = False
+    dtype_why: str = ""  # with --dtype auto on a CPU: why this dtype (tianci.autodtype)
 
     @property
     def master(self) -> bool:
@@ -107,9 +111,9 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
         raise ParameterError("dtype", spec, "auto|" + "|".join(DTYPES))
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # CPU: fp32. Measured: without AVX512-BF16 (Zen3) a bf16 matmul runs ~70x slower than fp32;
-    # with it (Zen4) plain bf16 autocast gave ~1.0x because bf16 softmax/attention run ~3x slower.
-    # bf16 on CPU stays available as an explicit --dtype bfloat16.
+    # CPU: fp32 unless compute_init is given the config to probe (tianci.autodtype). Measured: without
+    # AVX512-BF16 (Zen3) a bf16 matmul runs ~70x slower than fp32; with it (Zen4) bf16 autocast gave
+    # 1.0-1.2x, depending on the config, because bf16 softmax/attention run ~3x slower.
     return torch.float32
 
 
@@ -138,9 +142,11 @@ def tune_malloc() -> bool:
 
 
 def compute_init(device: str = "auto", dtype: str = "auto", *, threads: int = 0, seed: int | None = None,
-                 malloc: bool = True, ddp: bool = True, warn=None) -> Compute:
+                 malloc: bool = True, ddp: bool = True, warn=None, preset=None) -> Compute:
     """Set up this process to compute: join DDP (under torchrun, when `ddp`), pick the device and
     dtype, set torch threads (0 = torch's choice), tune malloc on CPU, seed torch with seed + rank.
+    `preset`: the config this process trains; with dtype auto on a CPU, tianci.autodtype picks bf16
+    or fp32 for it (measured once per machine and config, cached) and `dtype_why` says why.
     `warn(msg)` receives advice (rank 0 only); default: print to stderr. Call `close()` at the end."""
     rank, local_rank, world = ddp_info() if ddp else (0, 0, 1)
     if world > 1 and device == "auto" and torch.cuda.is_available():
@@ -150,6 +156,15 @@ def compute_init(device: str = "auto", dtype: str = "auto", *, threads: int = 0,
     if threads > 0:
         torch.set_num_threads(threads)
     tuned = tune_malloc() if malloc and dev.type == "cpu" else False
+    why = ""
+    if dtype == "auto" and dev.type == "cpu" and preset is not None:  # after threads: the probe uses them
+        if world > 1:
+            why = "float32: under torchrun every rank must train in one dtype, and the probe is per process"
+        else:
+            from .autodtype import choose
+            choice = choose(preset, has_bf16=cpu_has_bf16(), threads=torch.get_num_threads(),
+                            torch_version=torch.__version__)
+            dt, why = DTYPES[choice.dtype], choice.why
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -165,7 +180,35 @@ def compute_init(device: str = "auto", dtype: str = "auto", *, threads: int = 0,
     if dev.type == "cpu" and dt == torch.bfloat16 and not cpu_has_bf16() and rank == 0:
         (warn or _stderr)("warning: dtype bfloat16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated "
                           "and much slower than float32")
-    return Compute(dev, dt, rank, local_rank, world, tuned, owns)
+    return Compute(dev, dt, rank, local_rank, world, tuned, owns, why)
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only set `signum`; the training loop finishes its step, saves
+    and stops. The previous handlers come back on exit and after the first signal (so a second
+    Ctrl-C is a hard stop). Handlers can only be set from the main thread; elsewhere this does nothing."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def _stderr(msg: str) -> None:

@@ -14,9 +14,7 @@ import contextlib
 import copy
 import math
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,10 @@ from . import checkpoint as ck
 from .batches import Batches, batch_seed, token_counts
 from .config import Preset, format_config, to_dict
 from .corpus import read_meta
-from .errors import Interrupted, ParameterError, TianciError
+from .errors import Diverged, Interrupted, ParameterError
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, schedule_progress, set_lr
-from .runtime import Compute, compute_init
+from .runtime import Compute, StopSignals, compute_init
 from .trackers import Display, RunLog, truncate_metrics
 
 
@@ -66,42 +64,6 @@ def train_step(fwd, optimizers, tc, step: int, get_batch, *, amp=contextlib.null
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     return StepResult(total / tc.grad_accum, lr)
-
-
-# ----------------------------------------------------------------------------- faults
-
-class Diverged(TianciError):
-    """The loss (or the weights) became non-finite; nothing was saved after the last finite checkpoint."""
-
-    status = 500
-
-
-class _StopSignals:
-    """While active, SIGTERM and SIGINT only set `signum`; the loop finishes its step, saves and stops.
-    The previous handlers come back on exit and after the first signal (so a second Ctrl-C is a
-    hard stop). Handlers can only be set from the main thread; elsewhere this does nothing."""
-
-    def __init__(self):
-        self.signum = 0
-        self.previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        self._restore()
-
-    def _restore(self) -> None:
-        for s, h in self.previous.items():
-            signal.signal(s, h)
-        self.previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self.previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
 
 
 # ----------------------------------------------------------------------------- training
@@ -157,7 +119,7 @@ class Trainer:
         self.meta = read_meta(self.data_dir)
         self.preset = resolve_preset(preset, self.meta, self.data_dir)
         self.tc = tc = self.preset.train
-        self.compute = compute or compute_init(tc.device, tc.dtype, seed=tc.seed)
+        self.compute = compute or compute_init(tc.device, tc.dtype, seed=tc.seed, preset=self.preset)
         self.device = self.compute.device
         self.model = GPT(self.preset.model).to(self.device)
         self.init_from = None  # tianci.finetune.InitFrom when the weights start from another run
@@ -201,7 +163,7 @@ class Trainer:
         window = _LogWindow(self.device, c.tokens)
         with RunLog(self.run_dir, tc.log, to_dict(self.preset), enabled=master) as log, \
                 Display(tc, self.model, self.compute, self.tokens_per_step, c.step,
-                        enabled=master and tc.progress) as display, _StopSignals() as stop:
+                        enabled=master and tc.progress) as display, StopSignals() as stop:
             self.model.train()
             while True:
                 c.elapsed = session_start + (time.perf_counter() - t0)
@@ -211,6 +173,7 @@ class Trainer:
                     raise Interrupted(stop.signum, c.step, self.run_dir)
                 if (c.step % tc.eval_interval == 0 or done) and c.evaluated_at != c.step:
                     last_ev = self.evaluate_and_log(log, display)
+                    done = done or self._target_reached(last_ev)
                     if tc.ckpt_interval == 0 or done:
                         self.save_checkpoint()
                 if done:
@@ -233,6 +196,10 @@ class Trainer:
     def _budget_spent(self) -> bool:
         c = self.counters
         return c.step >= self.tc.max_iters or (self.tc.max_time > 0 and c.elapsed >= self.tc.max_time)
+
+    def _target_reached(self, ev: dict) -> bool:
+        """The val loss is at --target-loss (the same verdict on every rank: all stop together)."""
+        return self._agree(False, 0 < self.tc.target_loss and ev["val_loss"] <= self.tc.target_loss)[1]
 
     def step(self) -> StepResult:
         """One optimizer step (train_step) on this rank's batches; the counters move on."""
@@ -375,18 +342,23 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
         from .ngram import train_run
         return train_run(preset, data_dir, out_dir, force=force)
     tc = preset.train
-    compute = compute_init(tc.device, tc.dtype, seed=tc.seed)
+    # the resolved config (bad data or config fail here, before anything is set up): dtype auto probes it
+    resolved = resolve_preset(preset, read_meta(data_dir), data_dir)
+    compute = compute_init(tc.device, tc.dtype, seed=tc.seed, preset=resolved)
+    if compute.dtype_why:  # auto, decided on this CPU: the run records the dtype, so a resume trains in it too
+        resolved.train.dtype = str(compute.dtype).removeprefix("torch.")
     try:
         if compute.master and resume:
             ck.Run.resume(out_dir)  # cleans a killed writer's temp files
         # built before the run directory: bad data or config fail before anything is created or cleared
-        trainer = Trainer(preset, data_dir, out_dir, resume=resume, compute=compute, init_from=init_from)
+        trainer = Trainer(resolved, data_dir, out_dir, resume=resume, compute=compute, init_from=init_from)
         if compute.master and not resume:
             ck.Run.create(out_dir, force=force)
         if compute.master:
             if not quiet:
+                why = f"\n  dtype auto: {compute.dtype_why}" if compute.dtype_why else ""
                 print(f"tianci train: {preset.name} -> {out_dir} on {compute.device} ({str(compute.dtype)[6:]})\n"
-                      f"{format_config(trainer.preset)}", file=sys.stderr)
+                      f"{format_config(trainer.preset)}{why}", file=sys.stderr)
             if not resume:
                 init = {"init_from": trainer.init_from.record()} if trainer.init_from else {}
                 ck.Run(out_dir).begin("gpt", to_dict(trainer.preset), trainer.data_dir, **init)
@@ -396,4 +368,4 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
         compute.close()
 
 
-__all__ = ["train_step", "StepResult", "Trainer", "train", "Diverged"]
+__all__ = ["train_step", "StepResult", "Trainer", "train"]

@@ -208,13 +208,15 @@ def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "au
               variants=("fast", "classic", "tutorial"), bf16_peak: bool = False, peak_n: int = 2048,
               decode_state: dict | None = None, quality_run=None, decode_compile: bool = False,
               threads: int = 0, log=None) -> dict:
-    compute = compute_init(device, preset.train.dtype, threads=threads, malloc=malloc, ddp=False)
+    compute = compute_init(device, preset.train.dtype, threads=threads, malloc=malloc, ddp=False, preset=preset)
     dev, tuned = compute.device, compute.malloc_tuned
     res = {"preset": preset.name, "device": str(dev), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "malloc_tuned": tuned, "config": {
                k: getattr(preset.model, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
                                                      "pos", "norm", "mlp_act", "tie_embeddings")}}
     res["config"]["batch_size"] = preset.train.batch_size
+    if compute.dtype_why:
+        res["dtype_auto"] = compute.dtype_why
     fast_dtype = compute.dtype
     peaks = {"float32": matmul_peak(torch.float32, dev, n=peak_n)}
     if dev.type == "cuda" or fast_dtype != torch.float32 or bf16_peak:
@@ -248,6 +250,8 @@ def run_bench(preset: Preset, decode_preset: Preset | None, *, device: str = "au
 def format_table(res: dict) -> str:
     lines = [f"tianci bench  preset={res['preset']}  device={res['device']}  threads={res['threads']}  "
              f"torch={res['torch']}  malloc_tuned={res['malloc_tuned']}"]
+    if "dtype_auto" in res:
+        lines.append(f"dtype auto (the fast variant): {res['dtype_auto']}")
     lines.append("matmul peak: " + ", ".join(f"{k} {v['gflops']:.1f} GFLOP/s (n={v['n']})"
                                              for k, v in res["matmul_peak"].items()))
     if "train" in res:
