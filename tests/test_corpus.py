@@ -187,6 +187,29 @@ def test_empty_corpus(tmp_path):
         C.build(C.Corpus(["一", "二"], "x"), tmp_path / "out3", val_fraction=1.5)
 
 
+def test_text_without_blank_lines_says_what_was_found_and_what_to_do(tmp_path, monkeypatch, capsys):
+    """Guards: `prepare --text` on a file of poems with no blank line between them failing with
+    "a per-poem split needs at least 2 poems/documents, got 1": true, but it did not say that the
+    whole file was read as one document, or why (issue 10). Now one line: the file, what it holds,
+    and the two ways out; nothing is written."""
+    from tianci.cli import main
+    from tianci.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    Path("poems.txt").write_text("春花秋月何时了\n往事知多少\n小楼昨夜又东风\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        C.build(C.Corpus(C.load_texts(["poems.txt"]), "poems.txt"), "out")
+    assert e.value.param == "text"
+    assert main(["prepare", "--text", "poems.txt", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("tianci prepare: error: poems.txt: 3 lines, 19 characters and no blank line, so 1 "
+                          "document: a per-poem split needs at least 2, separated by blank lines; ")
+    assert "put a blank line between poems" in err and "--split tail" in err and "10%" in err
+    assert not Path("out").exists()
+    assert main(["prepare", "--text", "poems.txt", "--out", "out", "--split", "tail"]) == 0  # the way out works
+
+
 def test_never_clobbers_an_unrelated_directory(tree, tmp_path):
     """Guards: prepare overwriting files in a directory that is not a tianci data directory."""
     out = tmp_path / "mine"
