@@ -193,13 +193,13 @@ def test_text_without_blank_lines_says_what_was_found_and_what_to_do(tmp_path, m
     whole file was read as one document, or why (issue 10). Now one line: the file, what it holds,
     and the two ways out; nothing is written."""
     from tianci.cli import main
+    from tianci.commands.prepare import _one_document
     from tianci.errors import DataError
 
     monkeypatch.chdir(tmp_path)
     Path("poems.txt").write_text("春花秋月何时了\n往事知多少\n小楼昨夜又东风\n", encoding="utf-8")
-    with pytest.raises(DataError) as e:
-        C.build(C.Corpus(C.load_texts(["poems.txt"]), "poems.txt"), "out")
-    assert e.value.param == "text"
+    e = _one_document("poems.txt", C.load_texts(["poems.txt"])[0], 0.1)
+    assert isinstance(e, DataError) and e.param == "text"
     assert main(["prepare", "--text", "poems.txt", "--out", "out"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

@@ -179,22 +179,6 @@ def split_poems(n: int, val_fraction: float, seed: int) -> list[bool]:
     return is_val
 
 
-def _one_document(corpus: Corpus, val_fraction: float) -> DataError:
-    """What a per-poem split of a one-document corpus says: what was found and what to do. A text
-    file without blank lines is one document (issue 10: the old message, "needs at least 2
-    poems/documents, got 1", did not say why a file of many poems counted as one)."""
-    how = {"cli": f"use --split tail to hold out the last {val_fraction:.0%} of the text instead"}
-    if corpus.poems is not None:
-        return DataError(f"the corpus from {corpus.source} has 1 poem: a per-poem split needs at least 2",
-                         param="source", hints=how)
-    doc = corpus.docs[0]
-    how["cli"] = f"put a blank line between poems (or documents), or {how['cli']}"
-    lines, chars = doc.count("\n") + 1, len(doc) - doc.count("\n")
-    return DataError(f"{corpus.source}: {lines:,} line{'s' * (lines != 1)}, {chars:,} characters and no blank "
-                     "line, so 1 document: a per-poem split needs at least 2, separated by blank lines",
-                     param="text", hints=how)
-
-
 def _check_out(out: Path, force: bool) -> None:
     """May `prepare` write the data directory `out`? Yes when it is absent, empty or a tianci data
     directory; a folder of someone else's files only with force, and never over a file of theirs."""
@@ -250,8 +234,6 @@ def build(corpus: Corpus, out, *, tokenizer: str = "char", vocab_size: int = 819
         raise TianciError(f"--val-fraction={val_fraction} is not allowed: expected 0 < f < 1")
     if split not in ("poem", "tail"):
         raise TianciError(f"--split={split!r} is not allowed: expected poem|tail")
-    if split == "poem" and len(corpus.docs) < 2:  # before the tokenizer is trained: fail in a moment
-        raise _one_document(corpus, val_fraction)
     if tokenizer not in ("char", "bpe"):
         raise TianciError(f"--tokenizer={tokenizer!r} is not allowed: expected char|bpe")
     if not 0 <= themes <= 1:

@@ -6,7 +6,7 @@ import sys
 import time
 
 from ..corpus import Corpus, build, load_poems, load_texts
-from ..errors import TianciError
+from ..errors import DataError, TianciError
 
 
 def add_arguments(p) -> None:
@@ -41,6 +41,8 @@ def run(args) -> int:
         if args.corpus != "ci":
             raise TianciError("give --text or --corpus, not both", param="corpus")
         corpus = Corpus(docs=load_texts(args.text), source=" ".join(args.text))
+        if args.split == "poem" and len(corpus.docs) == 1:  # said before a tokenizer is trained for nothing
+            raise _one_document(corpus.source, corpus.docs[0], args.val_fraction)
     else:
         from ..sources import resolve
 
@@ -72,3 +74,14 @@ def run(args) -> int:
           f"val {meta['val_tokens']:,} tokens / {meta['val_chars']:,} chars  ({meta['dtype']})")
     print(f"wrote {args.out}/ (ci.txt, train.bin, val.bin, tokenizer.json, meta.json) in {time.time() - t0:.1f}s")
     return 0
+
+
+def _one_document(source: str, doc: str, val_fraction: float) -> DataError:
+    """A text without blank lines is one document, and the per-poem split needs two (issue 10: the
+    message was "needs at least 2 poems/documents, got 1", which did not say why a file of many
+    poems counted as one): what was found and what to do."""
+    lines, chars = doc.count("\n") + 1, len(doc) - doc.count("\n")
+    return DataError(f"{source}: {lines:,} line{'s' * (lines != 1)}, {chars:,} characters and no blank line, so "
+                     "1 document: a per-poem split needs at least 2, separated by blank lines", param="text",
+                     hints={"cli": "put a blank line between poems (or documents), or use --split tail to hold "
+                                   f"out the last {val_fraction:.0%} of the text instead"})
