@@ -298,6 +298,12 @@ SKIP = {
     "OMP_NUM_THREADS=1 taskset -c N tianci train --preset ci-cpu --data DATA --max-time 150 --eval-interval 100":
         "template (N, DATA); the time-to-quality `tianci train --preset ci-cpu ...` line runs it",
     "tianci ladder --bpe-vocab N": "template (N); `tianci ladder --bpe-vocab 8192` runs it",
+    "python benchmarks/load_test.py --run runs/ci": "a load benchmark (servers x clients x 10 s a cell); "
+                                                    "tests/test_load_test.py smoke-tests it (1 client, ~1 s a cell)",
+    "python benchmarks/load_test.py --run runs/ci --clients 16 --duration 20 --json load.json":
+        "a load benchmark (20 s a cell); tests/test_load_test.py runs the script as a smoke test",
+    "python benchmarks/load_test.py --url http://127.0.0.1:8000": "needs a server already running; "
+                                                                  "tests/test_load_test.py runs the script",
 }
 # Subcommands that need an optional extra, by the modules they import.
 EXTRAS = {"export": ("transformers", "gguf"), "import": ("transformers", "gguf")}  # the interop extra
