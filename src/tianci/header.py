@@ -13,6 +13,7 @@ model trained on it composes as before; any other genre's tag tells the two apar
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import ParameterError
@@ -30,12 +31,12 @@ def check_theme(words) -> tuple[str, ...]:
     """The theme as a tuple of words; a word with a mark, a space or a line break, an empty word or
     more than THEME_MAX words is a ParameterError (a header with it would not read back)."""
     if isinstance(words, str):
-        words = [w for w in words.replace("，", ",").replace("、", ",").split(",")]
+        words = re.split(r"[,，、;；\s]+", words.strip())
     out = tuple(w.strip() for w in words)
     bad = [w for w in out if not w or any(c in MARKS or c.isspace() for c in w)]
     if bad or len(out) > THEME_MAX:
-        raise ParameterError("theme", ",".join(out), f"1..{THEME_MAX} words separated by commas, "
-                             f"without spaces or {MARKS}", why="each word is written into the title line")
+        raise ParameterError("theme", ",".join(out), f"1..{THEME_MAX} words separated by commas or spaces, "
+                             f"without {MARKS}", why="each word is written into the title line")
     return out
 
 

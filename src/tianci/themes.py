@@ -35,11 +35,27 @@ class ThemeWords:
     min_poems: int = 20
 
     @classmethod
-    def from_texts(cls, texts, min_poems: int = 20) -> "ThemeWords":
-        counts: Counter = Counter()
+    def from_texts(cls, texts, min_poems: int = 20, max_neighbour: float = 0.5) -> "ThemeWords":
+        """Phrases in at least `min_poems` of `texts`, and not a fragment of a longer one: a pair
+        whose next (or previous) character is the same one in over `max_neighbour` of its
+        occurrences (念故 before 人, 天涯 of 天涯路 is fine: its neighbours vary) is cut out of a word."""
+        poems: Counter = Counter()
+        tri: Counter = Counter()  # every pair with its two neighbours, "^"/"$" at a clause's ends
         for t in texts:
-            counts.update(p for p in _clause_pairs(t) if not (set(p) & FUNCTION_CHARS))
-        return cls(Counter({p: n for p, n in counts.items() if n >= min_poems}), min_poems)
+            poems.update(p for p in _clause_pairs(t) if not (set(p) & FUNCTION_CHARS))
+            for c in _CLAUSE.findall(t):
+                c = f"^{c}$"
+                tri.update(c[i:i + 3] for i in range(len(c) - 2))
+        total: Counter = Counter()
+        top: dict[tuple[int, str], int] = {}  # (0: next, 1: previous character, pair) -> most often
+        for g, n in tri.items():
+            total[g[:2]] += n
+            for side, pair, ch in ((0, g[:2], g[2]), (1, g[1:], g[0])):
+                if ch not in "^$" and n > top.get((side, pair), 0):
+                    top[(side, pair)] = n
+        keep = Counter({p: k for p, k in poems.items() if k >= min_poems
+                        and max(top.get((0, p), 0), top.get((1, p), 0)) <= max_neighbour * total[p]})
+        return cls(keep, min_poems)
 
     def candidates(self, text: str) -> list[str]:
         """The theme words `text` holds, in a fixed order (by first occurrence)."""

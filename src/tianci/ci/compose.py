@@ -1,6 +1,6 @@
 """填词 by constrained decoding: the model supplies fluency, the decoder guarantees form, tone and rhyme.
 
-The prompt is the corpus format: "\\n\\n" then the title line `词牌 作者`. With no author given the
+The prompt is the corpus format: "\\n\\n" then the title line `词牌 作者` (tianci.header). With no author the
 model writes one (1–4 Han characters, then a newline). Then every token is one cell of the form
 (`Form.cells()`): a character slot, a punctuation mark or a paragraph's newline. A `logits_hook`
 masks the logits of each row before `tianci.generate.generate` samples:
@@ -16,9 +16,9 @@ Because generate() is lazy, the consumer sees token t (and updates the rhyme sta
 is called for step t+1. Polyphonic rhymes keep every 部 they could belong to; the set narrows as
 more rhymes are written. When the constraints leave nothing (tiny vocabularies), the decoder backs
 off in order — allow a repeated rhyme, relax the tone, relax the rhyme, any Han character — and
-reports each backoff; it never hangs. A theme (`theme="春"`) adds `fixed.THEME_BONUS` to the logits of
-its characters in the poem — a preference among what the form allows, never past it. Masks are boolean tensors built once per (tokenizer, form) and
-held by a `Composer`, which the caller keeps to reuse them (the CLI per command, the server per run).
+reports each backoff; it never hangs. A theme (`theme="春雨,归舟"`) is written into the title line of a
+run trained with themes and guided into the poem by a logit bonus (tianci.ci.theme), within the form.
+Masks are boolean tensors built once per (tokenizer, form) and held by a `Composer`, which the caller keeps to reuse them (the CLI per command, the server per run).
 Only character-level tokenizers are supported: a BPE token spans several slots.
 """
 
@@ -31,12 +31,14 @@ import torch
 
 from .cipai import CiPu
 from ..errors import ParameterError, TianciError
-from .fixed import FormChoice, check_vocabulary, choose_form, theme_bonus
-from .form import CellKind, Form
-from .tones import PING, ZE, ZHONG, Phonology, bu_name, is_han, load_phonology
+from ..header import THEME_CLOSE, THEME_OPEN, Header, check_theme
+from .fixed import FormChoice, check_vocabulary, choose_form
+from .form import Form
+from .masks import TONE_INDEX, FormMasks, VocabTables
+from .theme import MISSING_COST, ThemeGuide
+from .tones import Phonology, bu_name, load_phonology
 
 AUTHOR_MAX = 4  # characters the model may write as the author's name
-TONE_INDEX = {PING: 0, ZE: 1, ZHONG: 2}
 
 
 @dataclass
@@ -63,77 +65,16 @@ class ComposeResult:
     seconds: float = 0.0
     note: str = ""  # why this form was chosen when it is not the default (tianci.ci.fixed)
     prompt_tokens: int = 0  # the title line the model was prompted with
+    theme: tuple[str, ...] = ()  # the words asked for
+
+    @property
+    def theme_found(self) -> list[str]:
+        """The theme words the poem holds."""
+        return [w for w in self.theme if w in self.text]
 
     @property
     def variant(self) -> int | None:
         return self.form.variant
-
-
-class VocabTables:
-    """Per tokenizer × phonology: which ids are Han, 平-able, 仄-able, in each 部 (per tone)."""
-
-    def __init__(self, tokenizer, phon: Phonology):
-        if getattr(tokenizer, "kind", "char") != "char":
-            raise TianciError(f"compose needs a character-level tokenizer (this run's is "
-                              f"{tokenizer.kind!r}): one BPE token can span several slots of the "
-                              f"pattern; train with tokenizer=char", param="run",
-                              allowed="a run trained with the char tokenizer")
-        self.tok, self.phon = tokenizer, phon
-        self.texts = [tokenizer.token_text(i) for i in range(tokenizer.vocab_size)]
-        self.stoi = {t: i for i, t in enumerate(self.texts)}
-        V = len(self.texts)
-        # build as Python lists, convert once: per-element tensor writes cost ~µs each
-        han, tone = [False] * V, [[False] * V for _ in range(3)]
-        bu = [[[False] * V for _ in range(20)] for _ in range(3)]  # [tone, 部] (部 0 unused)
-        for i, t in enumerate(self.texts):
-            if not is_han(t):
-                continue
-            han[i] = tone[2][i] = True
-            for tn, b in phon.lookup(t):
-                tone[TONE_INDEX[tn]][i] = True
-                if b:
-                    bu[TONE_INDEX[tn]][b][i] = bu[2][b][i] = True
-        self.han = torch.tensor(han, dtype=torch.bool)
-        self.tone = torch.tensor(tone, dtype=torch.bool)  # 平-able, 仄-able, any
-        self.bu = torch.tensor(bu, dtype=torch.bool)
-        if not self.han.any():
-            raise TianciError("the tokenizer's vocabulary has no Han character: nothing to compose with",
-                              param="run", allowed="a run whose vocabulary has Han characters")
-        self.any_bu = self.bu.any(dim=1)  # (3, V): has some rhyme group in that tone
-
-    def one_hot(self, chars: str) -> torch.Tensor:
-        m = torch.zeros(len(self.texts), dtype=torch.bool)
-        for ch in chars:
-            if ch in self.stoi:
-                m[self.stoi[ch]] = True
-        return m
-
-
-class FormMasks:
-    """The per-cell masks of one form over one vocabulary: (cells, V) booleans, built once."""
-
-    def __init__(self, form: Form, vt: VocabTables):
-        self.form, self.vt = form, vt
-        self.cells = form.cells()
-        self.strict = torch.zeros(len(self.cells), len(vt.texts), dtype=torch.bool)
-        self.tone_only = torch.zeros_like(self.strict)
-        for j, cell in enumerate(self.cells):
-            if cell.is_char:
-                t = TONE_INDEX[form.tones[cell.slot]]
-                self.tone_only[j] = vt.tone[t]
-                self.strict[j] = vt.tone[t] & vt.any_bu[t] if form.rhyme[cell.slot] >= 0 else vt.tone[t]
-            else:
-                m = vt.one_hot(cell.accepts())
-                if not m.any():
-                    want = "the newline" if cell.kind is CellKind.NEWLINE else " or ".join(cell.accepts())
-                    raise TianciError(f"the vocabulary lacks {want}: the form of {form.name} "
-                                      f"cannot be written with this tokenizer", param="run",
-                                      allowed="a run whose vocabulary has the corpus punctuation")
-                self.strict[j] = self.tone_only[j] = m
-        self.newline = vt.one_hot("\n")
-        # a character slot right before a mark or newline ends a clause
-        self.final = [c.is_char and j + 1 < len(self.cells) and not self.cells[j + 1].is_char
-                      for j, c in enumerate(self.cells)]
 
 
 class Composer:
@@ -161,6 +102,8 @@ class Composer:
             ClauseEnds(train_texts(cipu.corpus)) if clause_ends and cipu is not None and cipu.corpus is not None
             else None)
         self.no_clause_end = self.vocab.one_hot("".join(ends.rare)) if ends is not None and clause_ends else None
+        # trained with theme words in its title lines (`prepare --themes`): only they bring the marks
+        self.themed = THEME_OPEN in self.vocab.stoi and THEME_CLOSE in self.vocab.stoi
 
     def masks(self, form: Form) -> FormMasks:
         fm = self._masks.get(form)
@@ -195,12 +138,12 @@ class ConstrainedDecoder:
     """The state machine behind the logits hook; one RowState per sample."""
 
     def __init__(self, fm: FormMasks, n: int, author_phase: bool, forced: dict[int, int],
-                 no_clause_end: torch.Tensor | None = None, bonus: torch.Tensor | None = None):
+                 no_clause_end: torch.Tensor | None = None, guide: ThemeGuide | None = None):
         self.fm, self.vt, self.form = fm, fm.vt, fm.form
         self.rows = [RowState(author_phase) for _ in range(n)]
         self.forced = forced
         self.no_clause_end = no_clause_end  # (V,) characters a clause should not end on, or None
-        self.bonus = bonus  # (V,) logits added in the poem (a theme's characters), or None
+        self.guide = guide  # the theme's bonus in the poem (tianci.ci.theme), or None
         self.backoffs: list[Backoff] = []
 
     def done(self) -> bool:
@@ -283,14 +226,16 @@ class ConstrainedDecoder:
                 row.used.setdefault(g, set()).add(tok)
         row.cell += 1
         row.tokens.append(tok)
+        if self.guide is not None:
+            self.guide.advance(r, text)
         return text
 
     def hook(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         allowed = torch.stack([self.mask(r) for r in range(len(self.rows))]).to(logits.device)
         logits = logits.masked_fill(~allowed, float("-inf"))
-        if self.bonus is not None:  # in the poem only: the author's name is not themed
+        if self.guide is not None:  # in the poem only: the author's name is not themed
             poem = torch.tensor([not r.author_phase for r in self.rows], device=logits.device)
-            logits = logits + poem[:, None] * self.bonus.to(logits.device)
+            logits = logits + poem[:, None] * self.guide.bias(logits.device).to(logits.dtype)
         return logits
 
 
@@ -325,10 +270,12 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     fm = composer.masks(form)
     forced = check_vocabulary(choice.fixed, fm.vt.stoi, start)
     author = author.strip() if author else None
-    prompt = f"\n\n{form.title} " + (f"{author}\n" if author else "")
-    ids = _encode_loose(fm.vt, prompt)
+    words = check_theme(theme) if theme else ()
+    head = Header(form.title, theme=words if composer.themed else ())  # a run never trained on themes: the plain line
+    ids = _encode_loose(fm.vt, "\n\n" + head.prompt() + (f"{author}\n" if author else ""))
     rows = n * candidates
-    dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end, theme_bonus(fm.vt, theme))
+    guide = ThemeGuide(fm.vt, words, rows, len(fm.cells)) if words else None
+    dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end, guide)
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
     idx = torch.tensor([ids] * rows, dtype=torch.long, device=device)
     gen = torch.Generator(device=device)
@@ -361,10 +308,12 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                  for g in range(n_groups)]
         out.append(ComposeResult(text, text.split("\n"), form.title, author or row.author_text, form,
                                  rhyme, [b for b in dec.backoffs if b.sample == r], row.tokens,
-                                 time.perf_counter() - t0, choice.note, len(ids)))
+                                 time.perf_counter() - t0, choice.note, len(ids), words))
     if candidates == 1:
         return out
     scores = composer.judge.scores([r.text for r in out], form.rhyme, form.repeat)
+    if guide is not None:  # a draft missing a theme word loses to one holding it, whatever its fluency
+        scores = [sc + MISSING_COST * guide.missing(r.text) for sc, r in zip(scores, out)]
     best = [min(range(i * candidates, (i + 1) * candidates), key=scores.__getitem__) for i in range(n)]
     for i, b in enumerate(best):
         for bo in out[b].backoffs:
@@ -384,7 +333,7 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
 
     start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
     with a name and no `variant`, the first 词谱 variant that admits them is used (`result.note` says
-    why when it is not the default). theme: characters to favour (fixed.THEME_BONUS). author: written into
+    why when it is not the default). theme: words to write about (tianci.ci.theme). author: written into
     the prompt (None: the model writes one). on_text(str) receives the text as it is decoded.
     composer: reuse one `Composer` across calls (it holds the vocabulary tables and masks); else one
     is built from tokenizer, cipu and phon (which default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE,

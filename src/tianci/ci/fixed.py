@@ -1,5 +1,5 @@
 """Characters the user fixes (`start`: the opening; `acrostic`: 藏头, the first character of each line
-or clause) and the choice of a 词谱 variant that admits them; and those the user favours (`theme`).
+or clause) and the choice of a 词谱 variant that admits them (a theme only favours: tianci.ci.theme).
 
 The default variant of a 词牌 is the one the corpus writes most; a user's opening may not fit it
 (苏轼's 明月几时有 opens 水调歌头 with a 平 where the default variant wants 仄). So with no variant
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ParameterError, TianciError
+from ..errors import TianciError
 from .cipai import CiPu, variant_hints
 from .form import Form
 from .tones import Phonology, is_han
@@ -168,18 +168,3 @@ def check_vocabulary(fixed: tuple[tuple[int, str], ...], stoi: dict[str, int], s
                                   allowed="characters of the model's vocabulary")
         out[j] = stoi[ch]
     return out
-
-
-THEME_BONUS = 2.0  # logits added to a theme's characters: about 7x their odds where the form allows them
-
-
-def theme_bonus(vt, theme: str | None):
-    """(V,) THEME_BONUS on the theme's Han characters the vocabulary (`compose.VocabTables`) has; None
-    without a theme. A preference, added after the form's masks: never a character the form refuses."""
-    if not theme:
-        return None
-    m = vt.one_hot(theme) & vt.han
-    if not m.any():
-        raise ParameterError("theme", theme, "Han characters of the model's vocabulary",
-                             "none of its characters can be written")
-    return m.float() * THEME_BONUS
