@@ -111,6 +111,7 @@ from tianci.ci.compose import ConstrainedDecoder, compose
 from tianci.generate import generate
 
 show_source(ConstrainedDecoder.hook)
+show_source(ConstrainedDecoder.row_hook)
 show_source(generate, "if logits_hook is not None", "logits = logits_hook(logits, step)")
 
 # %% [markdown]

@@ -76,25 +76,45 @@ def test_cache_past_block_size_is_an_error(name):
 def test_fixed_shape_step_equals_forward_and_is_chosen_explicitly(name):
     """Guards the fixed-shape decoding step (GPT.decode_step: attention's explicit fixed=True mode)
     drifting from the eager cache path, eagerly (the compiled test is slow and off the numerics
-    matrix); and the mode being chosen by the position's type: a tensor position on the ordinary
-    path must take the ordinary algorithm, and loop attention refuses the fixed mode by name."""
+    matrix), with rows at different positions (the batched engine's slots: per-row RoPE / learned
+    positions, per-row masks and cache writes); and the mode being chosen by the position's type:
+    a tensor position on the ordinary path must take the ordinary algorithm."""
     m = make_model(name)
     idx = prompt(2, 9)
     with torch.no_grad():
         full, _ = m(idx)
         cache = m.new_kv_cache(2)
         m(idx[:, :4], kv_cache=cache)
-        if m.config.attn_impl == "loop" and m.config.attn != "none":
-            with pytest.raises(ValueError, match="attn_impl='sdpa'"):
-                m.decode_step(idx[:, 4:5], torch.tensor(4), cache.k, cache.v)
-            return
         for t in range(4, 9):
-            step = m.decode_step(idx[:, t:t + 1], torch.tensor(t), cache.k, cache.v)
+            step = m.decode_step(idx[:, t:t + 1], torch.full((2,), t), cache.k, cache.v)
             torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-4)
-        if m.config.attn != "none":  # the ordinary path, handed a tensor position, still computes forward's values
+        # row 0 three tokens ahead of row 1: each sees only its own past
+        cache = m.new_kv_cache(2)
+        m(idx[:, :3], kv_cache=cache)
+        ahead = cache.row(0)
+        ahead.advance(3)  # its first three positions are the batched prefill's
+        m(idx[:1, 3:6], kv_cache=ahead)
+        for t in range(3, 6):
+            step = m.decode_step(torch.stack([idx[0, t + 3:t + 4], idx[1, t:t + 1]]), torch.tensor([t + 3, t]),
+                                 cache.k, cache.v)
+            torch.testing.assert_close(step, torch.stack([full[0, t + 3], full[1, t]]), atol=1e-5, rtol=1e-4)
+        if m.config.attn != "none" and m.config.attn_impl == "sdpa":  # a tensor position, ordinary path
             attn, x = m.h[0].attn, torch.randn(2, 3, m.config.n_embd)
             kv = (torch.zeros_like(cache.k[0]), torch.zeros_like(cache.v[0]))
             torch.testing.assert_close(attn(x, kv, torch.tensor(0)), attn(x), atol=1e-6, rtol=1e-5)
+
+
+def test_cache_rows_share_storage_and_keep_their_own_position():
+    """Guards the engine's slot views (KVCache.row): a prefill through a row view must land in the
+    batched cache's storage (not a copy) and move only that row's position."""
+    m = make_model("learned-sdpa")
+    cache = m.new_kv_cache(3)
+    row = cache.row(1)
+    with torch.no_grad():
+        m(prompt(1, 5), kv_cache=row)
+    assert (row.pos, cache.pos) == (5, 0)
+    assert cache.k[:, 1, :, :5].abs().sum() > 0 and cache.k[:, [0, 2]].abs().sum() == 0
+    assert row.k.data_ptr() == cache.k[:, 1:2].data_ptr()
 
 
 def test_cache_position_moves_only_through_advance():
@@ -395,7 +415,7 @@ def test_compiled_decoding_matches_eager():
             m(idx, kv_cache=cache)
             nxt = torch.cat([idx, prompt(2, 5)], 1)
             for t in range(3, 8):
-                step = m.decode_step(nxt[:, t:t + 1], torch.tensor(t), cache.k, cache.v)
+                step = m.decode_step(nxt[:, t:t + 1], torch.full((2,), t), cache.k, cache.v)
                 torch.testing.assert_close(step, full[:, t], atol=1e-5, rtol=1e-5)
         eager = torch.stack(list(generate(m, idx, 30, temperature=0)), 1)  # runs past block_size too
         decoder = CompiledDecoder(m)

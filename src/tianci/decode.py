@@ -54,7 +54,7 @@ class CompiledStep:
         self.cache = cache
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        logits = self.fn(idx, torch.tensor(self.cache.pos, device=idx.device))
+        logits = self.fn(idx, torch.full((idx.size(0),), self.cache.pos, device=idx.device))  # every row at one position
         self.cache.advance(1)
         return logits
 
@@ -90,7 +90,7 @@ def _compile(model, batch_size: int) -> CompiledStep | None:
         dev = mod.cache.k.device
         with torch.no_grad():
             for i in range(3):  # compile now (errors surface here, not mid-poem); CUDA graphs record on the 3rd
-                fn(torch.zeros((batch_size, 1), dtype=torch.long, device=dev), torch.tensor(i, device=dev))
+                fn(torch.zeros((batch_size, 1), dtype=torch.long, device=dev), torch.full((batch_size,), i, device=dev))
     except Exception as e:  # an optimisation, never a requirement
         print(f"warning: compiled decoding unavailable ({type(e).__name__}: {e}); decoding eagerly",
               file=sys.stderr)

@@ -58,6 +58,14 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None =
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
+def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) float logits -> (B,) next tokens: filtered, then greedy or drawn. The one sampling rule
+    of generate and of the batched engine (tianci.engine)."""
+    logits = filter_logits(logits, temperature, top_k, top_p)
+    return logits.argmax(dim=-1) if temperature <= 0 else sample_from_logits(logits, generator)
+
+
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
@@ -92,8 +100,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
         logits = logits[:, -1, :].float()
         if logits_hook is not None:
             logits = logits_hook(logits, step)
-        logits = filter_logits(logits, temperature, top_k, top_p)
-        new = logits.argmax(dim=-1) if temperature <= 0 else sample_from_logits(logits, generator)
+        new = next_token(logits, temperature, top_k, top_p, generator)
         # keep at most block-1 old tokens (max(0, ...): at block_size=1, -block+1 == 0 kept everything)
         seq = torch.cat([seq[:, max(0, seq.size(1) - block + 1):] if block else seq, new[:, None]], dim=1)
         yield new

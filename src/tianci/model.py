@@ -12,6 +12,7 @@ Shapes: B = batch, T = time (tokens), C = n_embd, V = vocab, nh = heads, hs = he
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -44,14 +45,22 @@ class KVCache:
     def reset(self) -> None:
         self.pos = 0
 
+    def row(self, i: int) -> "KVCache":
+        """Row i as a batch-1 cache with its own position, sharing this cache's storage (views, not
+        copies): the batched engine (tianci.engine) prefills one sequence into its slot through it."""
+        view = copy.copy(self)
+        view.k, view.v, view.pos = self.k[:, i:i + 1], self.v[:, i:i + 1], 0
+        return view
+
 
 def _rope(x: torch.Tensor, pos0) -> torch.Tensor:
     """Rotary position embedding on (..., T, hs): rotate pairs of channels by position-dependent
     angles, so q.k depends only on the distance between tokens."""
     T, hs = x.shape[-2], x.shape[-1]
     inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))
-    t = torch.arange(T, device=x.device, dtype=torch.float32) + pos0  # pos0: an int or a 0-d tensor
-    freqs = torch.outer(t, inv_freq)  # (T, hs/2)
+    # pos0: an int, or per-row positions shaped to broadcast over x's leading dims (GPT.decode_step)
+    t = torch.arange(T, device=x.device, dtype=torch.float32) + pos0
+    freqs = t[..., None] * inv_freq  # (T, hs/2), or (B, ..., T, hs/2) per row
     cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -61,6 +70,26 @@ def _rope(x: torch.Tensor, pos0) -> torch.Tensor:
 def _causal_mask(T: int, L: int, pos0: int, device) -> torch.Tensor:
     """(T, L) boolean: query i (absolute position pos0+i) may see key j iff j <= pos0+i."""
     return torch.ones(T, L, dtype=torch.bool, device=device).tril(diagonal=pos0)
+
+
+def _fixed_attention(q, k, v, k_cache, v_cache, pos):
+    """The fixed-shape decoding step's attention (GPT.decode_step): q, k, v (B, [nh,] 1, hs) of one
+    new token per row, caches (B, [nh,] L, hs), pos (B,) each row's position. Store each row's key
+    and value at its own position, attend over the whole cache, mask what lies past the row: every
+    shape is fixed (torch.compile makes one graph) and rows at different positions share one step."""
+    rows = torch.arange(q.size(0), device=q.device)
+    k_cache[rows, ..., pos, :] = k[..., 0, :]  # index_put_: an in-place store, also when compiled
+    v_cache[rows, ..., pos, :] = v[..., 0, :]
+    # The tutorial's formula, written out: for one query over a short cache, compiled elementwise
+    # code beats the fused SDPA kernel's per-call setup (~0.1 ms per layer on this CPU).
+    wei = (q @ k_cache.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, [nh,] 1, L)
+    future = torch.arange(k_cache.size(-2), device=q.device) > pos.view(-1, *[1] * (q.dim() - 1))
+    return wei.masked_fill(future, float("-inf")).softmax(dim=-1) @ v_cache  # (B, [nh,] 1, hs)
+
+
+def _row_positions(pos: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) positions shaped (B, 1, ..., 1) to broadcast over x's (B, ..., T) leading dims in _rope."""
+    return pos.view(-1, *[1] * (x.dim() - 2))
 
 
 def _qk_prepare(q, k, cfg: GPTConfig, pos0: int):
@@ -82,9 +111,12 @@ class Head(nn.Module):
         self.value = nn.Linear(cfg.n_embd, hs, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, kv=None, pos0=0):
+    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
         B, T, C = x.shape
         q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, hs) each
+        if fixed:  # GPT.decode_step: one token per row, pos0 (B,) each row's position
+            q, k = _qk_prepare(q, k, self.cfg, _row_positions(pos0, q))
+            return _fixed_attention(q, k, v, kv[0], kv[1], pos0)
         q, k = _qk_prepare(q, k, self.cfg, pos0)
         if kv is not None:  # kv: this head's (B, max_len, hs) cache views
             kv[0][:, pos0:pos0 + T] = k
@@ -106,9 +138,7 @@ class LoopAttention(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
 
     def forward(self, x, kv=None, pos0=0, fixed: bool = False):
-        if fixed:
-            raise ValueError("the fixed-shape decoding step needs the fused attention (attn_impl='sdpa')")
-        out = torch.cat([h(x, None if kv is None else (kv[0][:, i], kv[1][:, i]), pos0)
+        out = torch.cat([h(x, None if kv is None else (kv[0][:, i], kv[1][:, i]), pos0, fixed)
                          for i, h in enumerate(self.heads)], dim=-1)  # (B, T, C)
         if self.c_proj is not None:
             out = self.c_proj(out)
@@ -152,23 +182,14 @@ class FusedAttention(nn.Module):
         return self.dropout(y)
 
     def _fixed_step(self, x, k_cache, v_cache, pos):
-        """One new token per row at position `pos` (0-d tensor), attending over the whole
-        preallocated cache with a mask: every shape is fixed, so torch.compile makes one graph
-        (and CUDA graphs can replay it). Eval mode only."""
+        """One new token per row, row b at position pos[b] ((B,) long tensor), over the whole
+        preallocated cache (see _fixed_attention). Eval mode only."""
         B, T, C = x.shape  # T == 1
         nh = self.cfg.heads
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, 1, hs)
-        q, k = _qk_prepare(q, k, self.cfg, pos)
-        at = pos.view(1)
-        k_cache[:, :, at] = k  # index_put_ with a tensor index: an in-place store, also when compiled
-        v_cache[:, :, at] = v
-        # The tutorial's formula, written out: for one query over a short cache, compiled elementwise
-        # code beats the fused SDPA kernel's per-call setup (~0.1 ms per layer on this CPU).
-        wei = (q @ k_cache.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, nh, 1, L)
-        future = torch.arange(k_cache.size(2), device=x.device) > pos  # (L,): slots not yet written
-        wei = wei.masked_fill(future, float("-inf")).softmax(dim=-1)
-        y = (wei @ v_cache).transpose(1, 2).reshape(B, T, C)  # (B, 1, C)
+        q, k = _qk_prepare(q, k, self.cfg, _row_positions(pos, q))
+        y = _fixed_attention(q, k, v, k_cache, v_cache, pos).transpose(1, 2).reshape(B, T, C)  # (B, 1, C)
         return self.c_proj(y) if self.c_proj is not None else y
 
 
@@ -296,14 +317,15 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """idx (B, 1) new tokens at position pos (0-d long tensor) -> logits (B, V); writes the
-        tokens' keys/values into the cache: k, v are indexable per layer (a KVCache's k/v tensors
-        (n_layer, B, nh, block_size, hs), or lists of (B, nh, block_size, hs)).
+        """idx (B, 1) new tokens, row b's at position pos[b] (pos: (B,) long tensor) -> logits (B, V);
+        writes the tokens' keys/values into the cache: k, v are indexable per layer (a KVCache's k/v
+        tensors (n_layer, B, nh, block_size, hs), or lists of (B, nh, block_size, hs)).
         The same function as forward(idx, kv_cache=...) for one token, written with fixed shapes
-        for torch.compile; needs the fused attention (attn_impl="sdpa")."""
+        for torch.compile (tianci.decode); rows may stand at different positions, as the batched
+        engine's slots do (tianci.engine)."""
         x = self.wte(idx)  # (B, 1, C)
         if self.wpe is not None:
-            x = x + self.wpe(pos.view(1))
+            x = x + self.wpe(pos)[:, None]  # each row's own position
         for i, block in enumerate(self.h):
             x = block(x, (k[i], v[i]), pos, fixed=True)
         return self.logits(self.ln_f(x))[:, -1, :]

@@ -231,12 +231,16 @@ class ConstrainedDecoder:
         return text
 
     def hook(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        allowed = torch.stack([self.mask(r) for r in range(len(self.rows))]).to(logits.device)
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        if self.guide is not None:  # in the poem only: the author's name is not themed
-            poem = torch.tensor([not r.author_phase for r in self.rows], device=logits.device)
-            logits = logits + poem[:, None] * self.guide.bias(logits.device).to(logits.dtype)
-        return logits
+        return torch.cat([self.row_hook(r)(logits[r:r + 1], step) for r in range(len(self.rows))])
+
+    def row_hook(self, r: int):
+        """Row r's hook alone, on its (1, V) logits: the batched engine steps each row on its own."""
+        def hook(logits: torch.Tensor, step: int) -> torch.Tensor:
+            logits = logits.masked_fill(~self.mask(r).to(logits.device), float("-inf"))
+            if self.guide is not None and not self.rows[r].author_phase:  # the author's name is not themed
+                logits = logits + self.guide.bias(logits.device)[r:r + 1].to(logits.dtype)
+            return logits
+        return hook
 
 
 def _encode_loose(vt: VocabTables, text: str) -> list[int]:
@@ -249,12 +253,13 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                   top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
                   on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
                   variant: int | None = None, composer: Composer | None = None,
-                  candidates: int = 1, theme: str | None = None) -> list[ComposeResult]:
+                  candidates: int = 1, theme: str | None = None, engine=None,
+                  cancelled=None) -> list[ComposeResult]:
     """`n` poems to one form, decoded together as one batch. With candidates=M > 1 (needs a
     composer with a judge), n × M drafts are decoded in one batch and each poem is the best of its
-    M by the judge (`judge.Judge.scores`). See `compose`."""
-    from ..generate import generate
-
+    M by the judge (`judge.Judge.scores`). engine: decode the rows in a `tianci.engine.Engine`'s
+    batches instead (the server), each on its own (`engine.run_rows`; `cancelled`, a threading.Event,
+    stops them). See `compose`."""
     t0 = time.perf_counter()
     if n < 1:
         raise ParameterError("n", n, ">= 1", "the number of poems to compose")
@@ -276,28 +281,12 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     rows = n * candidates
     guide = ThemeGuide(fm.vt, words, rows, len(fm.cells)) if words else None
     dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end, guide)
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
-    idx = torch.tensor([ids] * rows, dtype=torch.long, device=device)
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()  # nondeterministic, without touching the global RNG
-    else:
-        gen.manual_seed(seed)
     steps = len(fm.cells) + (AUTHOR_MAX + 1 if author is None else 0)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for tok in generate(model, idx, steps, temperature=temperature, top_k=top_k, top_p=top_p,
-                                generator=gen, logits_hook=dec.hook):
-                for r, t in enumerate(tok.tolist()):
-                    piece = dec.advance(r, t)
-                    if r == 0 and on_text is not None and piece and candidates == 1:
-                        on_text(piece)
-                if dec.done():
-                    break
-    finally:
-        model.train(was_training)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    if engine is None:
+        _decode(model, ids, dec, steps, seed, on_text if candidates == 1 else None, **sampling)
+    else:
+        _decode_on(engine, ids, dec, steps, seed, on_text if candidates == 1 else None, cancelled, **sampling)
     assert dec.done(), "the step budget covers every cell"
     out = []
     n_groups = max(form.rhyme, default=-1) + 1
@@ -323,12 +312,53 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     return [out[b] for b in best]
 
 
+def _decode(model, ids: list[int], dec: ConstrainedDecoder, steps: int, seed: int | None, on_text,
+            **sampling) -> None:
+    """compose_batch's rows as one `generate` batch with one generator; row 0's text to on_text."""
+    from ..generate import generate
+
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else "cpu"
+    idx = torch.tensor([ids] * len(dec.rows), dtype=torch.long, device=device)
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()  # nondeterministic, without touching the global RNG
+    else:
+        gen.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for tok in generate(model, idx, steps, generator=gen, logits_hook=dec.hook, **sampling):
+                for r, t in enumerate(tok.tolist()):
+                    piece = dec.advance(r, t)
+                    if r == 0 and on_text is not None and piece:
+                        on_text(piece)
+                if dec.done():
+                    break
+    finally:
+        model.train(was_training)
+
+
+def _decode_on(engine, ids: list[int], dec: ConstrainedDecoder, steps: int, seed: int | None, on_text,
+               cancelled, **sampling) -> None:
+    """The same rows in a batched engine's batches (the server's), each row on its own with its own
+    generator (`engine.run_rows`); row 0's text to on_text, in this thread."""
+    from ..engine import run_rows
+
+    def advance(r: int, tok: int):  # on the engine's thread: row r's next mask depends on it
+        piece = dec.advance(r, tok)
+        return dec.rows[r].cell >= len(dec.fm.cells), piece if r == 0 and piece and on_text else None
+    for piece in run_rows(engine, ids, len(dec.rows), steps, seed, advance, dec.row_hook, cancelled=cancelled,
+                          **sampling):
+        on_text(piece)
+
+
 def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
             acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
             top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
             on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
             variant: int | None = None, composer: Composer | None = None, candidates: int = 1,
-            theme: str | None = None) -> ComposeResult:
+            theme: str | None = None, engine=None, cancelled=None) -> ComposeResult:
     """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
 
     start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
@@ -341,4 +371,4 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
     return compose_batch(model, tokenizer, cipai, 1, start=start, acrostic=acrostic,
                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, author=author,
                          on_text=on_text, cipu=cipu, phon=phon, variant=variant, composer=composer,
-                         candidates=candidates, theme=theme)[0]
+                         candidates=candidates, theme=theme, engine=engine, cancelled=cancelled)[0]

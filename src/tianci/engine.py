@@ -1,0 +1,363 @@
+"""Continuous batching: many sequences, one forward per step (what `tianci serve --max-batch N` decodes with).
+
+`generate` decodes rows that start together and step in lockstep. A server's requests arrive and end
+at any time, so an `Engine` keeps `max_batch` slots and one loop (vLLM's and llama.cpp's `-cb`):
+
+- the KV cache is allocated once, `max_batch` rows: that is the memory bound. A slot's row is a
+  `KVCache.row` view with its own position;
+- a new sequence waits in a FIFO queue until a slot is free, then is prefilled into its slot alone
+  (batch 1, as `generate` prefills one row);
+- every step runs `GPT.decode_step` once over the occupied slots, each row at its own position;
+- each row samples with its own temperature / top-k / top-p / logits hook (the composer's masks) and
+  its own `torch.Generator`, so a seeded row draws the same numbers whatever else is in the batch;
+- a row whose context fills block_size re-reads its last block_size tokens every step, exactly as
+  `generate` does (all such rows in one forward); a row that finishes or is cancelled frees its
+  slot at once.
+
+A `Row` says what to decode; its `on_token` runs on the engine's thread (the row's state machine:
+`generate.RowState`, the composer's decoder) and must be quick. A `Group` is the caller's side:
+rows submitted together whose outputs it reads back in its own thread (and cancels when it stops
+reading). `stream` is `generate.stream` through an engine. The loop runs in a thread of its own
+(`start`), or in the reader's thread when none was started (tests, scripts).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from .errors import ParameterError
+from .generate import Event, RowState, SampleOptions, encode_prompt, next_token, stop_strings
+
+MAX_BATCH = 1024
+
+
+@dataclass
+class Row:
+    """One sequence for the engine: its prompt, how to sample it, and where its tokens go."""
+
+    ids: list[int]  # the prompt (its last block_size tokens are used, as in generate)
+    max_new_tokens: int
+    on_token: Callable[[int], bool]  # each new token, on the engine's thread; True: the row is finished
+    on_end: Callable[[str, BaseException | None], None]  # "stop" | "length" | "cancelled" | "error"
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+    logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # (1, V) logits, step -> logits
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Slot:
+    """A row in the batch: its cache view, the last block_size tokens, what it drew so far."""
+
+    row: Row
+    cache: object  # model.KVCache: this slot's row of the engine's cache
+    ctx: list[int]  # the last block_size tokens, prompt and drawn: what a (re-)prefill reads
+    steps: int = 0  # tokens drawn
+    fresh: bool = True  # not prefilled yet: the last token of ctx is not in the cache either way
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0  # batched decode steps
+    prefills: int = 0
+    tokens: int = 0  # tokens drawn, all rows
+    peak_active: int = 0  # most rows in the batch at once (never above max_batch)
+
+
+class Engine:
+    def __init__(self, model, max_batch: int = 16):
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ParameterError("max_batch", max_batch, f"1..{MAX_BATCH}", "rows decoded together")
+        self.model = model.eval()
+        self.block = model.config.block_size
+        self.max_batch = max_batch
+        self.cache = model.new_kv_cache(max_batch)  # the one allocation: max_batch rows, never more
+        self.views = [self.cache.row(i) for i in range(max_batch)]
+        self.slots: list[_Slot | None] = [None] * max_batch
+        self.waiting: deque[Row] = deque()  # FIFO: admitted in the order submitted
+        self.stats = EngineStats()
+        self._cond = threading.Condition()
+        self._stepping = threading.Lock()  # one step at a time, whichever thread drives the loop
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------------- any thread
+
+    def submit(self, row: Row) -> Row:
+        if row.max_new_tokens < 0:
+            raise ParameterError("max_new_tokens", row.max_new_tokens, ">= 0")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self.waiting.append(row)
+            self._cond.notify()
+        return row
+
+    def active(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def start(self) -> "Engine":
+        """Run the loop in a daemon thread of its own (the server's)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tianci-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for s in range(self.max_batch):
+            if self.slots[s] is not None:
+                self._retire(s, "cancelled")
+        while self.waiting:
+            _end(self.waiting.popleft(), "cancelled")
+
+    @property
+    def threaded(self) -> bool:
+        return self._thread is not None
+
+    # ------------------------------------------------------------------------- the loop
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self.waiting and not self.active():
+                    self._cond.wait()
+                if self._closed:
+                    return
+            self.step()
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """One iteration: retire cancelled rows, admit waiting rows into free slots, one batched
+        decode step over every slot that is not (re-)prefilled, draw each row's next token.
+        False when there was nothing to do."""
+        with self._stepping:
+            return self._step()
+
+    def _step(self) -> bool:
+        with self._cond:
+            for s, slot in enumerate(self.slots):
+                if slot is not None and slot.row.cancelled.is_set():
+                    self._retire(s, "cancelled")
+            while self.waiting and None in self.slots:
+                row = self.waiting.popleft()
+                if row.cancelled.is_set() or row.max_new_tokens == 0:
+                    _end(row, "cancelled" if row.cancelled.is_set() else "length")
+                    continue
+                s = self.slots.index(None)  # the lowest free slot keeps the stepped prefix short
+                self.slots[s] = _Slot(row, self.views[s], list(row.ids[-self.block:]))
+        live = [s for s, slot in enumerate(self.slots) if slot is not None]
+        if not live:
+            return False
+        self.stats.peak_active = max(self.stats.peak_active, len(live))
+        try:
+            logits = self._forward(live)
+        except Exception as e:  # a fault of the model, not of one row: every row in the batch ends
+            for s in live:
+                self._retire(s, "error", e)
+            return True
+        for s, lg in logits.items():
+            self._draw(s, lg)
+        return True
+
+    def _forward(self, live: list[int]) -> dict[int, torch.Tensor]:
+        """(1, V) float32 logits of each live slot's next token: one batched decode step for the slots
+        with room in their cache, one forward without a cache for those whose context is full, and a
+        prefill into its slot for each new one."""
+        fresh = [s for s in live if self.slots[s].fresh]
+        full = [s for s in live if not self.slots[s].fresh and self.slots[s].cache.pos >= self.block]
+        decode = [s for s in live if s not in fresh and s not in full]
+        dev, out = self.cache.k.device, {}
+        if decode:
+            # Decode first: a slot in the stepped prefix that is free, new or full takes a dummy token
+            # at its own position, where nothing it reads later is stored (a prefill below rewrites it).
+            hi = decode[-1] + 1
+            stepped = set(decode)
+            toks = [self.slots[s].ctx[-1] if s in stepped else 0 for s in range(hi)]
+            pos = [0 if self.slots[s] is None else min(self.slots[s].cache.pos, self.block - 1) for s in range(hi)]
+            k = [self.cache.k[i, :hi] for i in range(self.cache.k.size(0))]
+            v = [self.cache.v[i, :hi] for i in range(self.cache.v.size(0))]
+            step = self.model.decode_step(torch.tensor(toks, device=dev)[:, None], torch.tensor(pos, device=dev),
+                                          k, v).float()
+            self.stats.steps += 1
+            for s in decode:
+                self.slots[s].cache.advance(1)
+                out[s] = step[s:s + 1]
+        if full:
+            # Past the context every step re-reads the last block_size tokens, as generate's cache
+            # refill does; the result is never decoded from, so these rows need no cache, and all
+            # of them (each exactly block_size tokens) share one forward.
+            ctx = torch.tensor([self.slots[s].ctx for s in full], dtype=torch.long, device=dev)
+            logits = self.model(ctx)[0][:, -1, :].float()
+            self.stats.prefills += 1
+            for j, s in enumerate(full):
+                out[s] = logits[j:j + 1]
+        for s in fresh:
+            slot = self.slots[s]
+            slot.cache.reset()
+            ctx = torch.tensor([slot.ctx], dtype=torch.long, device=dev)
+            out[s] = self.model(ctx, kv_cache=slot.cache)[0][:, -1, :].float()
+            slot.fresh = False
+            self.stats.prefills += 1
+        return out
+
+    def _draw(self, s: int, logits: torch.Tensor) -> None:
+        slot = self.slots[s]
+        row = slot.row
+        try:
+            if row.logits_hook is not None:
+                logits = row.logits_hook(logits, slot.steps)
+            tok = int(next_token(logits, row.temperature, row.top_k, row.top_p, row.generator)[0])
+            slot.steps += 1
+            self.stats.tokens += 1
+            slot.ctx = slot.ctx[-(self.block - 1):] + [tok] if self.block > 1 else [tok]
+            finished = row.on_token(tok)
+        except Exception as e:  # this row's hook or state machine failed: only this row ends
+            self._retire(s, "error", e)
+            return
+        if finished:
+            self._retire(s, "stop")
+        elif slot.steps >= row.max_new_tokens:
+            self._retire(s, "length")
+
+    def _retire(self, s: int, reason: str, error: BaseException | None = None) -> None:
+        slot, self.slots[s] = self.slots[s], None
+        _end(slot.row, reason, error)
+
+
+def _end(row: Row, reason: str, error: BaseException | None = None) -> None:
+    try:
+        row.on_end(reason, error)
+    except Exception:  # a reader's callback must not take the loop down
+        pass
+
+
+# ----------------------------------------------------------------------------- the caller's side
+
+class _Done:
+    def __init__(self, reason: str, error: BaseException | None):
+        self.reason, self.error = reason, error
+
+
+class Group:
+    """Rows submitted together; their outputs read back in the caller's thread.
+
+    A row's on_token puts what the reader should see with `put` (on the engine's thread); `items()`
+    yields it in order and ends when every row has ended, raising a row's error. Leaving `items()`
+    early (the reader stopped: a client went away) cancels the rows still running or waiting."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.rows: list[Row] = []
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._open = 0
+
+    def put(self, item) -> None:
+        self._q.put(item)
+
+    def add(self, ids: list[int], max_new_tokens: int, on_token: Callable[[int], bool],
+            on_length: Callable[[], object] | None = None, **sampling) -> Row:
+        """Submit one row; on_length() may return a last item to put when it runs out of tokens."""
+        def on_end(reason: str, error: BaseException | None) -> None:
+            if reason == "length" and on_length is not None:
+                last = on_length()
+                if last is not None:
+                    self._q.put(last)
+            self._q.put(_Done(reason, error))
+
+        row = Row(list(ids), max_new_tokens, on_token, on_end, **sampling)
+        self.rows.append(row)
+        self._open += 1
+        self.engine.submit(row)
+        return row
+
+    def items(self) -> Iterator:
+        try:
+            while self._open:
+                if not self.engine.threaded:  # no loop thread: the reader drives it
+                    while self._q.empty() and self.engine.step():
+                        pass
+                item = self._q.get()
+                if isinstance(item, _Done):
+                    self._open -= 1
+                    if item.error is not None:
+                        raise item.error
+                else:
+                    yield item
+        finally:
+            for row in self.rows:
+                row.cancelled.set()  # a no-op for rows that ended
+
+
+def row_generators(seed: int | None, n: int, device) -> list[torch.Generator]:
+    """One generator per row: row i of a seeded request draws from seed + i (row 0 from seed itself,
+    as generate does for one row), so a seeded row's text never depends on its neighbours."""
+    out = []
+    for i in range(n):
+        g = torch.Generator(device=device)
+        if seed is None:
+            g.seed()  # nondeterministic, without touching the global RNG
+        else:
+            g.manual_seed((seed + i) % 2**63)
+        out.append(g)
+    return out
+
+
+def run_rows(engine: Engine, ids: list[int], n: int, max_new_tokens: int, seed: int | None,
+             on_token: Callable[[int, int], tuple[bool, object]], row_hook=None, on_length=None,
+             **sampling) -> Iterator:
+    """n rows of one prompt through the engine; yields, in this thread, what their tokens produce.
+
+    Row r draws from row_generators(seed, n)[r], under the logits hook row_hook(r) if given.
+    on_token(r, tok) runs on the engine's thread and returns (finished, item or None); on_length(r)
+    may return a last item when row r runs out of tokens. Leaving early cancels the rows."""
+    group = Group(engine)
+    for r, gen in enumerate(row_generators(seed, n, engine.cache.k.device)):
+        def push(tok: int, r: int = r) -> bool:
+            finished, item = on_token(r, tok)
+            if item is not None:
+                group.put(item)
+            return finished
+        group.add(ids, max_new_tokens, push, on_length=None if on_length is None else lambda r=r: on_length(r),
+                  generator=gen, logits_hook=None if row_hook is None else row_hook(r), **sampling)
+    yield from group.items()
+
+
+def stream(engine: Engine, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None = None,
+           usage: dict | None = None) -> Iterator[Event]:
+    """`generate.stream` through the engine: the same Events (stop strings, held-back text, usage),
+    each of the n samples a row of its own (see row_generators for their seeds)."""
+    from .tokenizer import StreamDecoder
+
+    opts = (opts or SampleOptions()).validate()
+    ids = encode_prompt(tokenizer, prompt)
+    states = [RowState(i, StreamDecoder(tokenizer), stop_strings(opts)) for i in range(n)]
+
+    def on_token(r: int, tok: int):
+        ev = states[r].push(tok)
+        return states[r].done, ev
+
+    def count() -> None:
+        if usage is not None:
+            usage.update(prompt_tokens=len(ids) * n, completion_tokens=sum(s.tokens for s in states),
+                         completion_tokens_each=[s.tokens for s in states])
+
+    count()
+    for ev in run_rows(engine, ids, n, opts.max_new_tokens, opts.seed, on_token,
+                       on_length=lambda r: states[r].finish(), temperature=opts.temperature, top_k=opts.top_k,
+                       top_p=opts.top_p):
+        yield ev
+        count()
+    count()
