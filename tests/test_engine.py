@@ -205,3 +205,35 @@ def test_bad_max_batch_is_a_parameter_error():
 
     with pytest.raises(ParameterError, match="max_batch"):
         Engine(text_model(TOK), 0)
+
+
+def test_an_outside_cancel_stops_a_waiting_row_before_it_starts():
+    """Guards a server job whose client left while its row still waited for a slot: setting the
+    job's flag must end the row unstarted (RowsCancelled to its reader), and never set by the reader."""
+    from tianci.engine import RowsCancelled
+
+    m = text_model(TOK)
+    engine = Engine(m, 1)
+    busy = stream(engine, TOK, "春", 1, SampleOptions(max_new_tokens=50))
+    next(busy)  # holds the only slot
+    flag, started = threading.Event(), []
+    waiting = Group(engine, flag)
+    waiting.add([1], 5, lambda t: started.append(t) or False)
+    flag.set()
+    with pytest.raises(RowsCancelled):
+        list(waiting.items())
+    assert not started and engine.active() == 1  # ended at once, while the slot was still busy
+    assert list(busy)
+    done = threading.Event()
+    list(stream(engine, TOK, "春", 1, SampleOptions(max_new_tokens=3), cancelled=done))
+    assert not done.is_set()  # the reader finishing never sets the job's flag
+
+
+def test_a_model_without_a_kv_cache_decodes_unbatched_with_the_same_text():
+    """Guards the model contract: a stand-in honouring only forward(idx) -> (logits, loss) (no KV
+    cache, no decode_step) still decodes in the engine, as generate's no-cache path does."""
+    from test_generate import TOK as SCRIPT_TOK, ScriptModel
+
+    m = ScriptModel(SCRIPT_TOK, "春花秋月何时了", 1)
+    evs = list(stream(Engine(m, 2), SCRIPT_TOK, "春", 2, SampleOptions(max_new_tokens=7, temperature=0.0)))
+    assert ["".join(e.text for e in evs if e.index == i) for i in range(2)] == ["春花秋月何时了"] * 2

@@ -71,7 +71,7 @@ def err(r, status: int, param: str | None = "unset") -> dict:
 def test_health_and_models(client):
     """Guards: /healthz or /v1/models missing fields OpenAI clients read; unknown model not a 404."""
     h = client.get("/healthz").json()
-    assert h["status"] == "ok" and h["cipai"] is True and h["queue"]["workers"] == 1
+    assert h["status"] == "ok" and h["cipai"] is True and h["queue"]["workers"] == Limits().max_batch
     m = client.get("/v1/models").json()
     assert m["object"] == "list" and m["data"][0]["object"] == "model" and m["data"][0]["id"] == h["model"]
     assert client.get(f"/v1/models/{h['model']}").json()["id"] == h["model"]
@@ -477,3 +477,43 @@ def test_docs_work_offline(world):
         js = client.get(f"/docs-assets/{asset}")
         assert js.status_code == 200 and len(js.content) > 100_000
     assert client.get("/docs-assets/../app.py").status_code == 404
+
+
+def test_concurrent_requests_share_batches_and_keep_their_seeded_text(world):
+    """Guards continuous batching in the server (issue 15): concurrent completions and a
+    composition decoded in one engine's batches (more than one row at once, the KV cache holding
+    --max-batch rows), each seeded request with the text it gets at --max-batch 1."""
+    import httpx
+
+    bodies = [("/v1/completions", {"prompt": p, "max_tokens": 40, "seed": i, "temperature": 1.0, "n": 1 + i % 2})
+              for i, p in enumerate(["春", "秋风", "花", ""])] + [("/api/compose", {"cipai": "浣溪沙", "seed": 3, "stream": False})]
+    got = {}
+    for max_batch in (4, 1):
+        app = create_app(world["run"], cipu=open_world_cipu(world),
+                         limits=Limits(**{**LIMITS, "max_tokens": 5000, "max_batch": max_batch}))
+        server, thread, url = start_server(app)
+        out: list = [None] * len(bodies)
+
+        def post(i):
+            out[i] = httpx.post(url + bodies[i][0], json=bodies[i][1], timeout=120).json()
+        try:
+            if max_batch == 1:  # one at a time: the reference texts
+                for i in range(len(bodies)):
+                    post(i)
+            else:
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    # a long request holds a row while the others arrive, so they really share batches
+                    with c.stream("POST", "/v1/completions", json={"prompt": "春", "max_tokens": 5000,
+                                                                   "stream": True}) as r:
+                        next(r.iter_lines())
+                        posts = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+                        for t in posts:
+                            t.start()
+                        for t in posts:
+                            t.join()
+        finally:
+            stop_server(server, thread)
+        engine = app.state.tianci.engine
+        got[max_batch] = [[c["text"] for c in o["choices"]] if "choices" in o else o["text"] for o in out]
+        assert engine.cache.k.shape[1] == max_batch and engine.stats.peak_active == max_batch
+    assert got[4] == got[1] and all(got[4])

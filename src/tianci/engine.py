@@ -34,7 +34,26 @@ import torch
 from .errors import ParameterError
 from .generate import Event, RowState, SampleOptions, encode_prompt, next_token, stop_strings
 
-MAX_BATCH = 1024
+MAX_BATCH = 256  # the server runs a waiting thread per admitted request: keep that bounded too
+
+
+class RowsCancelled(Exception):
+    """A reader's rows were cancelled under it (its cancel event was set, or the engine closed)."""
+
+
+class CancelFlag:
+    """A row's cancel flag: set by its reader leaving, or by an outside event the reader was given
+    (the server's job flag), which the reader itself never sets."""
+
+    def __init__(self, outside: threading.Event | None = None):
+        self.own = threading.Event()
+        self.outside = outside
+
+    def set(self) -> None:
+        self.own.set()
+
+    def is_set(self) -> bool:
+        return self.own.is_set() or (self.outside is not None and self.outside.is_set())
 
 
 @dataclass
@@ -50,7 +69,7 @@ class Row:
     top_p: float | None = None
     generator: torch.Generator | None = None
     logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # (1, V) logits, step -> logits
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: CancelFlag = field(default_factory=CancelFlag)
 
 
 @dataclass
@@ -73,14 +92,22 @@ class EngineStats:
 
 
 class Engine:
+    """max_batch slots over one model. A model without a KV cache and decode_step (any model that
+    honours forward(idx) -> (logits, loss), as generate's no-cache path does) still decodes here,
+    each row recomputing its context every step, unbatched."""
+
     def __init__(self, model, max_batch: int = 16):
         if not 1 <= max_batch <= MAX_BATCH:
             raise ParameterError("max_batch", max_batch, f"1..{MAX_BATCH}", "rows decoded together")
         self.model = model.eval()
-        self.block = model.config.block_size
+        cfg = getattr(model, "config", None)
+        self.block = cfg.block_size if cfg is not None else None
         self.max_batch = max_batch
-        self.cache = model.new_kv_cache(max_batch)  # the one allocation: max_batch rows, never more
-        self.views = [self.cache.row(i) for i in range(max_batch)]
+        batched = self.block is not None and hasattr(model, "new_kv_cache") and hasattr(model, "decode_step")
+        self.cache = model.new_kv_cache(max_batch) if batched else None  # the one allocation: max_batch rows
+        self.views = [self.cache.row(i) if batched else None for i in range(max_batch)]
+        p = next(iter(model.parameters()), None)
+        self.device = p.device if p is not None else torch.device("cpu")
         self.slots: list[_Slot | None] = [None] * max_batch
         self.waiting: deque[Row] = deque()  # FIFO: admitted in the order submitted
         self.stats = EngineStats()
@@ -151,13 +178,17 @@ class Engine:
             for s, slot in enumerate(self.slots):
                 if slot is not None and slot.row.cancelled.is_set():
                     self._retire(s, "cancelled")
+            if any(row.cancelled.is_set() for row in self.waiting):  # never started: leave the queue now
+                for row in [r for r in self.waiting if r.cancelled.is_set()]:
+                    self.waiting.remove(row)
+                    _end(row, "cancelled")
             while self.waiting and None in self.slots:
                 row = self.waiting.popleft()
-                if row.cancelled.is_set() or row.max_new_tokens == 0:
-                    _end(row, "cancelled" if row.cancelled.is_set() else "length")
+                if row.max_new_tokens == 0:
+                    _end(row, "length")
                     continue
                 s = self.slots.index(None)  # the lowest free slot keeps the stepped prefix short
-                self.slots[s] = _Slot(row, self.views[s], list(row.ids[-self.block:]))
+                self.slots[s] = _Slot(row, self.views[s], list(row.ids[-self.block:] if self.block else row.ids))
         live = [s for s, slot in enumerate(self.slots) if slot is not None]
         if not live:
             return False
@@ -176,10 +207,13 @@ class Engine:
         """(1, V) float32 logits of each live slot's next token: one batched decode step for the slots
         with room in their cache, one forward without a cache for those whose context is full, and a
         prefill into its slot for each new one."""
+        if self.cache is None:  # no KV cache: each row's whole context, as generate's no-cache path
+            return {s: self.model(torch.tensor([self.slots[s].ctx], device=self.device))[0][:, -1, :].float()
+                    for s in live}
         fresh = [s for s in live if self.slots[s].fresh]
         full = [s for s in live if not self.slots[s].fresh and self.slots[s].cache.pos >= self.block]
         decode = [s for s in live if s not in fresh and s not in full]
-        dev, out = self.cache.k.device, {}
+        dev, out = self.device, {}
         if decode:
             # Decode first: a slot in the stepped prefix that is free, new or full takes a dummy token
             # at its own position, where nothing it reads later is stored (a prefill below rewrites it).
@@ -222,7 +256,10 @@ class Engine:
             tok = int(next_token(logits, row.temperature, row.top_k, row.top_p, row.generator)[0])
             slot.steps += 1
             self.stats.tokens += 1
-            slot.ctx = slot.ctx[-(self.block - 1):] + [tok] if self.block > 1 else [tok]
+            if self.block is None:
+                slot.ctx.append(tok)
+            else:
+                slot.ctx = slot.ctx[-(self.block - 1):] + [tok] if self.block > 1 else [tok]
             finished = row.on_token(tok)
         except Exception as e:  # this row's hook or state machine failed: only this row ends
             self._retire(s, "error", e)
@@ -255,11 +292,14 @@ class Group:
     """Rows submitted together; their outputs read back in the caller's thread.
 
     A row's on_token puts what the reader should see with `put` (on the engine's thread); `items()`
-    yields it in order and ends when every row has ended, raising a row's error. Leaving `items()`
-    early (the reader stopped: a client went away) cancels the rows still running or waiting."""
+    yields it in order and ends when every row has ended, raising a row's error (RowsCancelled if
+    they were cancelled). Leaving `items()` early (the reader stopped) cancels the rows still
+    running or waiting, and so does setting `cancelled` from any thread (the server's job flag when
+    its client went away: a row still waiting for a slot is then never started)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, cancelled: threading.Event | None = None):
         self.engine = engine
+        self.cancelled = CancelFlag(cancelled)  # every row's flag
         self.rows: list[Row] = []
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._open = 0
@@ -277,7 +317,7 @@ class Group:
                     self._q.put(last)
             self._q.put(_Done(reason, error))
 
-        row = Row(list(ids), max_new_tokens, on_token, on_end, **sampling)
+        row = Row(list(ids), max_new_tokens, on_token, on_end, cancelled=self.cancelled, **sampling)
         self.rows.append(row)
         self._open += 1
         self.engine.submit(row)
@@ -294,11 +334,12 @@ class Group:
                     self._open -= 1
                     if item.error is not None:
                         raise item.error
+                    if item.reason == "cancelled":
+                        raise RowsCancelled()
                 else:
                     yield item
         finally:
-            for row in self.rows:
-                row.cancelled.set()  # a no-op for rows that ended
+            self.cancelled.set()  # a no-op for rows that ended
 
 
 def row_generators(seed: int | None, n: int, device) -> list[torch.Generator]:
@@ -317,14 +358,15 @@ def row_generators(seed: int | None, n: int, device) -> list[torch.Generator]:
 
 def run_rows(engine: Engine, ids: list[int], n: int, max_new_tokens: int, seed: int | None,
              on_token: Callable[[int, int], tuple[bool, object]], row_hook=None, on_length=None,
-             **sampling) -> Iterator:
+             cancelled: threading.Event | None = None, **sampling) -> Iterator:
     """n rows of one prompt through the engine; yields, in this thread, what their tokens produce.
 
     Row r draws from row_generators(seed, n)[r], under the logits hook row_hook(r) if given.
     on_token(r, tok) runs on the engine's thread and returns (finished, item or None); on_length(r)
-    may return a last item when row r runs out of tokens. Leaving early cancels the rows."""
-    group = Group(engine)
-    for r, gen in enumerate(row_generators(seed, n, engine.cache.k.device)):
+    may return a last item when row r runs out of tokens. Leaving early, or setting `cancelled`,
+    cancels the rows (see Group)."""
+    group = Group(engine, cancelled)
+    for r, gen in enumerate(row_generators(seed, n, engine.device)):
         def push(tok: int, r: int = r) -> bool:
             finished, item = on_token(r, tok)
             if item is not None:
@@ -336,9 +378,9 @@ def run_rows(engine: Engine, ids: list[int], n: int, max_new_tokens: int, seed: 
 
 
 def stream(engine: Engine, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None = None,
-           usage: dict | None = None) -> Iterator[Event]:
+           usage: dict | None = None, cancelled: threading.Event | None = None) -> Iterator[Event]:
     """`generate.stream` through the engine: the same Events (stop strings, held-back text, usage),
-    each of the n samples a row of its own (see row_generators for their seeds)."""
+    each of the n samples a row of its own (see row_generators for their seeds); `cancelled`: see Group."""
     from .tokenizer import StreamDecoder
 
     opts = (opts or SampleOptions()).validate()
@@ -356,8 +398,8 @@ def stream(engine: Engine, tokenizer, prompt: str, n: int = 1, opts: SampleOptio
 
     count()
     for ev in run_rows(engine, ids, n, opts.max_new_tokens, opts.seed, on_token,
-                       on_length=lambda r: states[r].finish(), temperature=opts.temperature, top_k=opts.top_k,
-                       top_p=opts.top_p):
+                       on_length=lambda r: states[r].finish(), cancelled=cancelled, temperature=opts.temperature,
+                       top_k=opts.top_k, top_p=opts.top_p):
         yield ev
         count()
     count()

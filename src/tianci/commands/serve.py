@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data", default=None, help="poems.jsonl / data directory for 词牌 counts and corpus "
                    "forms (default: the run's data directory)")
     p.add_argument("--no-cipai", action="store_true", help="serve completions only (no 词谱 needed)")
-    p.add_argument("--workers", type=int, default=1, help="generation threads (default 1)")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="rows decoded together in one batch, the KV cache's slots (default 16; 1: one at a time)")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before 429 (default 64)")
     p.add_argument("--max-tokens", type=int, default=512, help="cap on max_tokens per choice")
     p.add_argument("--max-n", type=int, default=4, help="cap on n")
@@ -52,7 +53,7 @@ def run(args) -> int:
 
     device = compute_init(args.device, threads=args.threads, ddp=False).device
     limits = Limits(max_tokens=args.max_tokens, max_n=args.max_n, max_prompt_chars=args.max_prompt_chars,
-                    max_body_bytes=args.max_body_bytes, workers=args.workers,
+                    max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                     max_waiting=args.max_waiting).validate()
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
     cipu = None

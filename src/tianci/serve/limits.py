@@ -1,8 +1,9 @@
 """What keeps `tianci serve` usable as a public demo: caps, a fair work queue, a body-size guard.
 
 Generation is CPU-bound torch work, so it never runs on the event loop: each request becomes a job
-that runs in a worker thread (`workers` of them, 1 by default -- on a small CPU one job at a time
-gives the best latency per token). Jobs wait their turn first-come first-served (asyncio's
+that runs in a worker thread, and the jobs' rows are decoded together by the app's one batched
+engine (`tianci.engine`, `max_batch` rows at once; `max_batch` jobs run at a time, 1 gives the old
+one-at-a-time behaviour). Jobs wait their turn first-come first-served (asyncio's
 Semaphore wakes waiters in FIFO order); when `max_waiting` jobs already wait, a new request is
 refused at once with 429 rather than piling up. A job streams its items back through an asyncio
 queue; when the client goes away the consumer sets the job's `cancelled` flag, the worker's next
@@ -33,7 +34,7 @@ class Limits:
     max_stop_chars: int = 32
     max_messages: int = 32  # per /v1/chat/completions request; their contents share max_prompt_chars
     max_body_bytes: int = 64 * 1024
-    workers: int = 1
+    max_batch: int = 16  # rows decoded together (the engine's KV-cache slots) and jobs running at once
     max_waiting: int = 64  # jobs queued behind the running ones before 429
 
     def validate(self) -> "Limits":
@@ -41,7 +42,7 @@ class Limits:
 
         for name, lo in (("max_tokens", 1), ("max_prompt_chars", 1), ("max_prompts", 1), ("max_n", 1),
                          ("max_choices", 1), ("max_stop", 0), ("max_stop_chars", 1), ("max_messages", 1),
-                         ("max_body_bytes", 256), ("workers", 1), ("max_waiting", 0)):
+                         ("max_body_bytes", 256), ("max_batch", 1), ("max_waiting", 0)):
             if getattr(self, name) < lo:
                 raise TianciError(f"server limit {name}={getattr(self, name)} must be >= {lo}")
         return self

@@ -25,6 +25,7 @@ class AppState:
     run: object                 # a loaded checkpoint.Run
     limits: Limits
     scheduler: Scheduler
+    engine: object              # the tianci.engine.Engine every job decodes in (started by the first job)
     models: RequestModels       # the request bodies, with this server's caps
     model_id: str
     cipu: object | None         # a ci.cipai.CiPu, or None: the 词牌 routes answer 503
@@ -40,7 +41,10 @@ class AppState:
     @classmethod
     def build(cls, run, limits: Limits, cipu, cipu_error: str | None, model_name: str | None) -> "AppState":
         static = {name: (resources.files("tianci.serve") / "static" / name).read_bytes() for name in STATIC}
-        return cls(run=run, limits=limits, scheduler=Scheduler(limits.workers, limits.max_waiting),
+        from ..engine import Engine
+
+        return cls(run=run, limits=limits, scheduler=Scheduler(limits.max_batch, limits.max_waiting),
+                   engine=Engine(run.model, limits.max_batch),
                    models=RequestModels.build(limits), model_id=model_name or Path(run.run_dir).name or "tianci",
                    cipu=cipu, cipu_error=cipu_error, static=static)
 

@@ -77,25 +77,27 @@ class ComposeParams:
 
 # ----------------------------------------------------------------------------- jobs (worker thread)
 
-def completion_job(run, prompts: list[str], n: int, opts):
-    from ..generate import stream
+def completion_job(run, engine, prompts: list[str], n: int, opts):
+    from ..engine import stream
 
     def work(emit, cancelled):
+        engine.start()
         for pi, prompt in enumerate(prompts):
             usage: dict = {}
-            for ev in stream(run.model, run.tokenizer, prompt, n, opts, usage=usage):
+            for ev in stream(engine, run.tokenizer, prompt, n, opts, usage=usage, cancelled=cancelled):
                 if ev.text or ev.finished:
                     emit(Piece(pi * n + ev.index, ev.text, ev.finish_reason if ev.finished else None))
             emit(UsageCount(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
     return work
 
 
-def compose_job(run, composer, choice, p: ComposeParams):
+def compose_job(run, engine, composer, choice, p: ComposeParams):
     """Compose p.n poems to `choice` (from `AppState.choose`) with the app's one composer, as `tianci
     compose` does."""
     from ..ci.compose import compose
 
     def work(emit, cancelled):
+        engine.start()
         for i in range(p.n):
             in_author = not p.author  # the model writes the author's name first, up to a newline
 
@@ -113,7 +115,8 @@ def compose_job(run, composer, choice, p: ComposeParams):
 
             res = compose(run.model, run.tokenizer, choice.form, start=p.start or None, acrostic=p.acrostic or None,
                           temperature=p.temperature, top_k=p.top_k or None, top_p=p.top_p, seed=p.seed + i,
-                          author=p.author or None, theme=p.theme or None, on_text=on_text, composer=composer)
+                          author=p.author or None, theme=p.theme or None, on_text=on_text, composer=composer,
+                          engine=engine, cancelled=cancelled)
             emit(ComposeDone(res, choice.note, i, p.seed + i))
     return work
 

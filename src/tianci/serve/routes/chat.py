@@ -83,7 +83,7 @@ async def chat(st: AppState, req, request: Request):
             check_prompt(st, text, f"messages[{i}].content")
         max_tokens = next((m for m in (req.max_completion_tokens, req.max_tokens) if m is not None),
                           min(api.CHAT_MAX_TOKENS, st.limits.max_tokens))
-        job = completion_job(st.run, ["\n".join(texts)], n, sample_options(req, max_tokens))
+        job = completion_job(st.run, st.engine, ["\n".join(texts)], n, sample_options(req, max_tokens))
         deltas = text_deltas
     cid, now = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     if req.stream:

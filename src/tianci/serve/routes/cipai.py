@@ -78,7 +78,7 @@ async def compose_start(st: AppState, p: ComposeParams):
         choice = await in_thread(st.choose_any, p.start, p.acrostic)
     else:
         choice = await in_thread(st.choose, p.cipai, p.variant, p.start, p.acrostic)
-    return choice, compose_job(st.run, st.composer(), choice, p)
+    return choice, compose_job(st.run, st.engine, st.composer(), choice, p)
 
 
 def random_seed() -> int:

@@ -79,7 +79,7 @@ async def complete(st: AppState, req, request: Request):
         raise ApiError(400, f"best_of={req.best_of}: only best_of == n ({n}) is supported", "best_of")
     for i, p in enumerate(prompts):
         check_prompt(st, p, "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]")
-    job = completion_job(st.run, prompts, n, sample_options(req, 16 if req.max_tokens is None else req.max_tokens))
+    job = completion_job(st.run, st.engine, prompts, n, sample_options(req, 16 if req.max_tokens is None else req.max_tokens))
     cid, now = f"cmpl-{secrets.token_hex(12)}", int(time.time())
     echo = [p for p in prompts for _ in range(n)] if req.echo else None
     if req.stream:
