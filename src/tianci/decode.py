@@ -54,7 +54,8 @@ class CompiledStep:
         self.cache = cache
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        logits = self.fn(idx, torch.full((idx.size(0),), self.cache.pos, device=idx.device))  # every row at one position
+        pos = torch.full((idx.size(0),), self.cache.pos, device=idx.device)  # every row at one position
+        logits = self.fn(idx, pos)
         self.cache.advance(1)
         return logits
 

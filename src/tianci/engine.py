@@ -33,6 +33,7 @@ import torch
 
 from .errors import ParameterError
 from .generate import Event, RowState, SampleOptions, encode_prompt, next_token, stop_strings
+from .tokenizer import StreamDecoder
 
 MAX_BATCH = 256  # the server runs a waiting thread per admitted request: keep that bounded too
 
@@ -113,7 +114,7 @@ class Engine:
         self.stats = EngineStats()
         self._cond = threading.Condition()
         self._stepping = threading.Lock()  # one step at a time, whichever thread drives the loop
-        self._thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None  # the loop's, once started
         self._closed = False
 
     # ------------------------------------------------------------------------- any thread
@@ -121,6 +122,8 @@ class Engine:
     def submit(self, row: Row) -> Row:
         if row.max_new_tokens < 0:
             raise ParameterError("max_new_tokens", row.max_new_tokens, ">= 0")
+        if not row.ids:  # generate.encode_prompt never gives an empty prompt; a caller's own rows might
+            raise ParameterError("ids", row.ids, "at least one token", "the row's prompt")
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -133,26 +136,23 @@ class Engine:
 
     def start(self) -> "Engine":
         """Run the loop in a daemon thread of its own (the server's)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="tianci-engine", daemon=True)
-            self._thread.start()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name="tianci-engine", daemon=True)
+            self.thread.start()
         return self
 
     def close(self) -> None:
+        """Stop the loop; every row still running or waiting ends "cancelled"."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        if self._thread is not None:
-            self._thread.join()
+        if self.thread is not None:
+            self.thread.join()
         for s in range(self.max_batch):
             if self.slots[s] is not None:
                 self._retire(s, "cancelled")
         while self.waiting:
             _end(self.waiting.popleft(), "cancelled")
-
-    @property
-    def threaded(self) -> bool:
-        return self._thread is not None
 
     # ------------------------------------------------------------------------- the loop
 
@@ -163,7 +163,12 @@ class Engine:
                     self._cond.wait()
                 if self._closed:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as e:  # a bug outside the model and the rows: end them all, keep serving
+                for s in range(self.max_batch):
+                    if self.slots[s] is not None:
+                        self._retire(s, "error", e)
 
     @torch.no_grad()
     def step(self) -> bool:
@@ -221,10 +226,8 @@ class Engine:
             stepped = set(decode)
             toks = [self.slots[s].ctx[-1] if s in stepped else 0 for s in range(hi)]
             pos = [0 if self.slots[s] is None else min(self.slots[s].cache.pos, self.block - 1) for s in range(hi)]
-            k = [self.cache.k[i, :hi] for i in range(self.cache.k.size(0))]
-            v = [self.cache.v[i, :hi] for i in range(self.cache.v.size(0))]
             step = self.model.decode_step(torch.tensor(toks, device=dev)[:, None], torch.tensor(pos, device=dev),
-                                          k, v).float()
+                                          self.cache.k[:, :hi], self.cache.v[:, :hi]).float()
             self.stats.steps += 1
             for s in decode:
                 self.slots[s].cache.advance(1)
@@ -248,18 +251,15 @@ class Engine:
         return out
 
     def _draw(self, s: int, logits: torch.Tensor) -> None:
-        slot = self.slots[s]
-        row = slot.row
+        slot, row = self.slots[s], self.slots[s].row
         try:
             if row.logits_hook is not None:
                 logits = row.logits_hook(logits, slot.steps)
             tok = int(next_token(logits, row.temperature, row.top_k, row.top_p, row.generator)[0])
             slot.steps += 1
             self.stats.tokens += 1
-            if self.block is None:
-                slot.ctx.append(tok)
-            else:
-                slot.ctx = slot.ctx[-(self.block - 1):] + [tok] if self.block > 1 else [tok]
+            # keep at most block-1 old tokens (none at block_size 1), as generate does
+            slot.ctx = (slot.ctx if self.block is None else slot.ctx[max(0, len(slot.ctx) - self.block + 1):]) + [tok]
             finished = row.on_token(tok)
         except Exception as e:  # this row's hook or state machine failed: only this row ends
             self._retire(s, "error", e)
@@ -283,9 +283,10 @@ def _end(row: Row, reason: str, error: BaseException | None = None) -> None:
 
 # ----------------------------------------------------------------------------- the caller's side
 
+@dataclass(frozen=True)
 class _Done:
-    def __init__(self, reason: str, error: BaseException | None):
-        self.reason, self.error = reason, error
+    reason: str
+    error: BaseException | None
 
 
 class Group:
@@ -326,7 +327,7 @@ class Group:
     def items(self) -> Iterator:
         try:
             while self._open:
-                if not self.engine.threaded:  # no loop thread: the reader drives it
+                if self.engine.thread is None:  # no loop thread: the reader drives it
                     while self._q.empty() and self.engine.step():
                         pass
                 item = self._q.get()
@@ -345,15 +346,10 @@ class Group:
 def row_generators(seed: int | None, n: int, device) -> list[torch.Generator]:
     """One generator per row: row i of a seeded request draws from seed + i (row 0 from seed itself,
     as generate does for one row), so a seeded row's text never depends on its neighbours."""
-    out = []
-    for i in range(n):
-        g = torch.Generator(device=device)
-        if seed is None:
-            g.seed()  # nondeterministic, without touching the global RNG
-        else:
-            g.manual_seed((seed + i) % 2**63)
-        out.append(g)
-    return out
+    gens = [torch.Generator(device=device) for _ in range(n)]
+    for i, g in enumerate(gens):
+        g.manual_seed((seed + i) % 2**63) if seed is not None else g.seed()  # seed(): the global RNG untouched
+    return gens
 
 
 def run_rows(engine: Engine, ids: list[int], n: int, max_new_tokens: int, seed: int | None,
@@ -381,8 +377,6 @@ def stream(engine: Engine, tokenizer, prompt: str, n: int = 1, opts: SampleOptio
            usage: dict | None = None, cancelled: threading.Event | None = None) -> Iterator[Event]:
     """`generate.stream` through the engine: the same Events (stop strings, held-back text, usage),
     each of the n samples a row of its own (see row_generators for their seeds); `cancelled`: see Group."""
-    from .tokenizer import StreamDecoder
-
     opts = (opts or SampleOptions()).validate()
     ids = encode_prompt(tokenizer, prompt)
     states = [RowState(i, StreamDecoder(tokenizer), stop_strings(opts)) for i in range(n)]
