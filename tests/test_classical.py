@@ -28,6 +28,7 @@ CI = [{"rhythmic": "浣溪沙", "author": "晏殊", "paragraphs": ["一曲新词
       {"rhythmic": "长相思", "author": "白居易", "paragraphs": ["汴水流，泗水流，流到瓜洲古渡头。"]},
       {"rhythmic": "忆江南", "author": "白居易", "paragraphs": ["江南好，风景旧曾谙。"]}]
 TANG = [{"author": "太宗皇帝", "title": "帝京篇十首 一", "paragraphs": ["秦川雄帝宅，函谷壯皇居。", "綺殿千尋起，離宮百雉餘。"]},
+        {"author": "王績", "title": "句", "paragraphs": ["側望卿相門。", "轉錄自《〈全唐詩〉小補》。"]},
         {"author": "李白", "title": "靜夜思", "paragraphs": ["床前明月光，疑是地上霜。"]},
         {"author": "無名", "title": "空", "paragraphs": []}]
 SONG = [{"author": "蘇軾", "title": "題西林壁", "paragraphs": ["橫看成嶺側成峰，遠近高低各不同。"]}]
@@ -78,13 +79,14 @@ def test_classical_reads_each_layout_and_converts_traditional(tmp_path):
     skipped: list[str] = []
     cl = CL.load_classical(root, skipped=skipped)
     assert cl.missing == ["全宋诗"]
-    assert cl.counts == {"宋词": 6, "全唐诗": 2, "元曲": 1, "诗经": 1, "楚辞": 1}
+    assert cl.counts == {"宋词": 6, "全唐诗": 3, "元曲": 1, "诗经": 1, "楚辞": 1}
     by_title = {p.title: p for p in cl.poems if p.genre != "ci"}
     assert by_title["帝京篇十首 一"].paragraphs == ["秦川雄帝宅，函谷壮皇居。", "绮殿千寻起，离宫百雉余。"]
     assert by_title["静夜思"].genre == "shi" and by_title["离骚"].author == "屈原"
     assert by_title["关雎"].author == "佚名" and by_title["关雎"].genre == "shijing"
     assert Header.parse(by_title["帝京篇十首 一"].text().split("\n")[0]) == Header("帝京篇十首 一", "太宗皇帝", "shi")
     assert any("no paragraphs" in s for s in skipped)
+    assert by_title["句"].paragraphs[1] == "转录自《全唐诗小补》。"  # no theme mark from an editor's note
     (root / CL.PARTS[0].files[7]).unlink()  # a broken copy: 全唐诗 without one of its files
     with pytest.raises(DataError, match="57 of the 58 files of 全唐诗"):
         CL.load_classical(root)
@@ -129,7 +131,7 @@ def test_classical_val_split_is_the_ci_only_corpus_val(tmp_path, capsys):
     cl = _prepare(["--source", str(root), "--corpus", "classical", "--out", str(tmp_path / "cl"),
                    "--val-fraction", "0.34"], capsys)
     assert _val_text(tmp_path / "ci") == _val_text(tmp_path / "cl") and ci["n_val"] == cl["n_val"] == 2
-    assert cl["genres"] == {"ci": 6, "shi": 2, "qu": 1, "shijing": 1, "chuci": 1} and cl["corpus"] == "classical"
+    assert cl["genres"] == {"ci": 6, "shi": 3, "qu": 1, "shijing": 1, "chuci": 1} and cl["corpus"] == "classical"
     text = (tmp_path / "cl" / "ci.txt").read_text("utf-8")
     assert "【诗】帝京篇十首 一 太宗皇帝\n秦川雄帝宅" in text and "【诗经】关雎 佚名\n" in text
     assert cl["vocab_size"] > ci["vocab_size"]  # the pretraining vocabulary is a superset

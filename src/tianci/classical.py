@@ -81,7 +81,8 @@ def read_part_file(path: Path, part: Part, convert, skipped: list[str] | None = 
         pars = d.get(part.lines_key)
         if not isinstance(pars, list) or not all(isinstance(s, str) for s in pars):
             raise DataError(f"{path}: poem index {k}: {part.lines_key!r} must be a list of strings")
-        lines = [ln.strip() for s in pars for ln in s.splitlines() if ln.strip()]
+        # a header mark inside a poem (〈全唐诗〉 in an editor's note) would read as a theme mark
+        lines = [c for s in pars for ln in s.splitlines() if (c := "".join(ch for ch in ln.strip() if ch not in MARKS))]
         title = d.get("title") if isinstance(d.get("title"), str) else ""
         author = d.get("author") if isinstance(d.get("author"), str) and d["author"].strip() else part.author
         if not lines:

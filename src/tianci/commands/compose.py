@@ -12,8 +12,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cipai", required=True, help="词牌 name, alias or pinyin (see `tianci cipai --list`)")
     p.add_argument("--start", default=None, help="opening characters (checked against the pattern)")
     p.add_argument("--acrostic", default=None, help="藏头: the first character of each line (or clause)")
-    p.add_argument("--theme", default=None, help="characters to favour in the poem (e.g. 春; a preference "
-                   "among what the form allows, never past it)")
+    p.add_argument("--theme", default=None, help="1-3 words to write about, e.g. 春雨,归舟: in the title line of a "
+                   "run prepared with --themes, and favoured in the poem among what the form allows, never past it")
     p.add_argument("--author", default=None, help="author name in the prompt (default: the model writes one)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
@@ -80,6 +80,9 @@ def run(args) -> int:
                       on_text=emit, composer=composer, candidates=args.candidates, theme=args.theme)
         which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
         note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"
+        if res.theme:
+            note += f"; theme {len(res.theme_found)}/{len(res.theme)}" + "".join(
+                f" ({w} missing)" for w in res.theme if w not in res.theme_found)
         note += f"; {len(res.backoffs)} backoff(s): " + "; ".join(map(str, res.backoffs[:5])) if res.backoffs else ""
         print(note + "]", file=sys.stderr)
     return 0

@@ -208,8 +208,8 @@ def request_models(lim: Limits):
         cipai: str = Field(min_length=1, max_length=40, description="name, alias or pinyin")
         start: str | None = Field(None, max_length=64, description="opening characters")
         acrostic: str | None = Field(None, max_length=64, description="first character of each line (藏头)")
-        theme: str | None = Field(None, max_length=16, description="characters to favour in the poem (a "
-                                  "preference among what the form allows)")
+        theme: str | None = Field(None, max_length=16, description="1-3 words to write about, e.g. "
+                                  "春雨,归舟 (a preference among what the form allows)")
         author: str | None = Field(None, max_length=8, description="null: the model writes one")
         temperature: float = Field(0.8, ge=0, le=2)
         top_p: float | None = Field(0.95, gt=0, le=1)
