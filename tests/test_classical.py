@@ -74,7 +74,8 @@ def test_header_round_trips_every_genre_and_theme():
 def test_classical_reads_each_layout_and_converts_traditional(tmp_path):
     """Guards: 全唐诗 left in traditional characters (a second vocabulary for the same words), 诗经's
     and 楚辞's `content` layout not read, a 诗经 poem with no author giving a title line that reads
-    back wrong, an empty poem kept, and a local copy without 全宋诗 failing instead of reporting it."""
+    back wrong, an empty poem kept, a header mark inside a poem kept (a pretrained run would look
+    trained on themes), and a local copy without 全宋诗 failing instead of reporting it."""
     root = write_poetry(tmp_path / "poetry", song=False)
     skipped: list[str] = []
     cl = CL.load_classical(root, skipped=skipped)
