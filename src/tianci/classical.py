@@ -22,7 +22,7 @@ from pathlib import Path
 from . import sources
 from .corpus import CI_FILES, NANTANG, Poem, load_poems
 from .errors import DataError
-from .files import read_json
+from .files import json_objects, read_json
 from .header import MARKS
 
 
@@ -72,12 +72,8 @@ def _converter():
 def read_part_file(path: Path, part: Part, convert, skipped: list[str] | None = None) -> list[Poem]:
     """One file of a part as Poems of its genre. Errors name the file and the poem index."""
     data = read_json(path, f"{part.name} file")
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of poems, got {type(data).__name__}")
     poems = []
-    for k, d in enumerate(data):
-        if not isinstance(d, dict):
-            raise DataError(f"{path}: poem index {k} is a {type(d).__name__}, expected an object")
+    for k, d in enumerate(json_objects(data, path)):
         pars = d.get(part.lines_key)
         if not isinstance(pars, list) or not all(isinstance(s, str) for s in pars):
             raise DataError(f"{path}: poem index {k}: {part.lines_key!r} must be a list of strings")

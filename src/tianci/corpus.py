@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sources
-from .files import read_text
 from .errors import DataError, TianciError
-from .files import MANIFEST, Manifest, Staging, atomic_write, salvage
+from .files import MANIFEST, Manifest, Staging, atomic_write, json_objects, read_text, salvage
 from .header import CI, Header
 from .tokenizer import BPETokenizer, CharTokenizer
 
@@ -116,12 +115,8 @@ def read_poem_file(path: Path, skipped: list[str] | None = None) -> list[Poem]:
         k, err = where
         detail = err if isinstance(err, str) else f"{err.msg} at line {err.lineno} column {err.colno}"
         raise DataError(f"{path}: malformed JSON in poem index {k}: {detail}") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of poems, got {type(data).__name__}")
     poems = []
-    for k, d in enumerate(data):
-        if not isinstance(d, dict):
-            raise DataError(f"{path}: poem index {k} is a {type(d).__name__}, expected an object")
+    for k, d in enumerate(json_objects(data, path)):
         for key in ("rhythmic", "author"):
             if not isinstance(d.get(key), str):
                 raise DataError(f"{path}: poem index {k} has no string field {key!r}")

@@ -95,6 +95,18 @@ def read_json(path, what: str):
         raise DataError(f"{what} {path} is nested too deeply to be a real {what}") from None
 
 
+def json_objects(data, path) -> list[dict]:
+    """`data` (a parsed corpus file) as its list of poem objects; one clear line when it is not one."""
+    from .errors import DataError
+
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of poems, got {type(data).__name__}")
+    for k, d in enumerate(data):
+        if not isinstance(d, dict):
+            raise DataError(f"{path}: poem index {k} is a {type(d).__name__}, expected an object")
+    return data
+
+
 def clean_temp(directory) -> list[Path]:
     """Remove the temporary files a killed writer left (`.NAME.XXXX.tmp`), in `directory` and its
     `ckpt/`; returns what was removed. Only names of atomic_write's own pattern are touched."""
