@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -76,3 +78,21 @@ def test_compose_in_browser(live, page):
     page.wait_for_selector("#free-out[data-state=done]", timeout=60_000)
     assert len(page.inner_text("#free-out .written")) > 0
     assert not errors, errors
+
+
+def test_theme_field_reaches_the_composer(live, page):
+    """Guards: the playground had no theme field, so `theme` (API and CLI) was out of a browser user's reach;
+    the request must carry it and the page must say how many theme words the poem holds."""
+    page.goto(live + "/")
+    page.wait_for_selector("#cipai-list li[data-name]")
+    page.fill("#cipai-search", "rml")
+    page.locator("#cipai-list li[data-name]").first.click()
+    page.wait_for_selector("#form-view .hd:has-text('如梦令')")
+    page.fill("#theme", "春风")
+    with page.expect_request(lambda r: r.url.endswith("/api/compose")) as sent:
+        page.click("#compose-btn")
+    assert json.loads(sent.value.post_data)["theme"] == "春风"
+    page.wait_for_selector("#poem[data-state=done], #poem[data-state=error]", timeout=60_000)
+    assert page.get_attribute("#poem", "data-state") == "done", page.inner_text("#status")
+    meta = page.inner_text("#poem .poem-meta")
+    assert re.search(r"主题 [01]/1", meta), meta

@@ -144,6 +144,8 @@ class ComposeResultModel(BaseModel):
     seconds: float
     seed: int = Field(description="the seed used (a random one when the request gave none)")
     note: str = Field("", description="why a variant other than the default was taken (\"\" when it was not)")
+    theme: list[str] = Field([], description="the theme words asked for")
+    theme_found: list[str] = Field([], description="the theme words the poem holds")
     form: FormInfo
 
 

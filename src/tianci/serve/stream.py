@@ -237,4 +237,5 @@ def result_json(done: ComposeDone, info) -> dict:
     res = done.result
     return {"cipai": res.form.name, "title": res.title, "author": res.author, "text": res.text,
             "lines": res.lines, "rhyme": res.rhyme, "backoffs": [str(b) for b in res.backoffs],
-            "seconds": round(res.seconds, 3), "seed": done.seed, "note": done.note, "form": info}
+            "seconds": round(res.seconds, 3), "seed": done.seed, "note": done.note,
+            "theme": list(res.theme), "theme_found": res.theme_found, "form": info}

@@ -166,7 +166,8 @@ async function compose(again) {
   if (!state.form || state.busy) return;
   const req = again && state.lastReq ? { ...state.lastReq } : {
     cipai: state.form.name, temperature: Number($("#temperature").value),
-    start: $("#start").value.trim() || null, acrostic: $("#acrostic").value.trim() || null };
+    start: $("#start").value.trim() || null, acrostic: $("#acrostic").value.trim() || null,
+    theme: $("#theme").value.trim() || null };
   delete req.seed;
   state.lastReq = req;
   const f = state.form;
@@ -189,7 +190,8 @@ async function compose(again) {
         poem.querySelector(".poem-author").textContent = r.author;
         poem.querySelector(".poem-meta").textContent =
           `韵：${r.rhyme.join(" → ") || "—"} · ${r.seconds.toFixed(2)} 秒 · seed ${r.seed}` +
-          (r.backoffs.length ? ` · ${r.backoffs.length} 处放宽格律` : "");
+          (r.backoffs.length ? ` · ${r.backoffs.length} 处放宽格律` : "") +
+          (r.theme && r.theme.length ? ` · 主题 ${r.theme_found.length}/${r.theme.length}` : "");
       }
     }, ctrl.signal);
     poem.dataset.state = "done";
