@@ -132,6 +132,39 @@ def test_compose_rows_join_completion_batches_with_the_same_text():
     assert engine.stats.peak_active >= 2  # they really shared batches
 
 
+# What compose wrote for these seeds before the engine drew rows together and top-p stopped sorting
+# (commit aec9ef4): seed s, theme 春花 on odd seeds, top-k 5 on seed 3, temperature 1, top-p 0.95.
+PINNED_POEMS = ["空国窗空春、梦中中。\n秋空江空。", "空国空窗中，中空中。\n春花风空。", "花动中空云，中中空。\n空窗中中。",
+                "春中梦春花，中中中。\n白中空风。", "中送空窗花、动风风。\n山同云东。", "中中某中花、国中空。\n重春花风。"]
+
+
+def test_seeded_poems_are_pinned_alone_and_batched():
+    """Guards the batched draw (one filter and one sampler call for the rows that sample alike, each
+    with its own generator; the sort-free top-p; each row's own theme bias) changing what a seed
+    writes: the poems are the ones compose wrote before, alone and as rows of one engine batch."""
+    from tianci.ci.compose import Composer, compose
+
+    tok = tok_of(ALL_HAN)
+    m = text_model(tok, block_size=32)
+    composer = Composer(tok, PHON)
+    asks = [dict(seed=s, theme="春花" if s % 2 else None, top_k=5 if s == 3 else None) for s in range(6)]
+    kw = dict(phon=PHON, temperature=1.0, composer=composer)
+    assert [compose(m, tok, FORM, **kw, **a).text for a in asks] == PINNED_POEMS
+    engine = Engine(m, 8).start()
+    out = [None] * len(asks)
+    try:
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, compose(m, tok, FORM, engine=engine, **kw,
+                                                                                  **asks[i]).text))
+                   for i in range(len(asks))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        engine.close()
+    assert out == PINNED_POEMS and engine.stats.peak_active >= 2
+
+
 # ----------------------------------------------------------------------------- bounds, order, cancellation
 
 def test_kv_cache_is_allocated_once_and_bounded_by_max_batch(monkeypatch):

@@ -242,6 +242,24 @@ def test_top_p_keeps_the_smallest_nucleus(row, p):
         assert x[0][kept].min() >= x[0][~kept].max()
 
 
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.lists(st.one_of(st.floats(-20, 20, allow_nan=False, width=32), st.just(float("-inf")),
+                                        st.sampled_from([0.0, -0.0, 1.0, 1.5])), min_size=40, max_size=40)
+                     .filter(lambda r: any(x != float("-inf") for x in r)), min_size=1, max_size=6),
+       p=st.floats(0.01, 0.99), big=st.booleans())
+def test_top_p_without_sorting_is_the_sorting_rule_bit_for_bit(rows, p, big):
+    """Guards the sort-free top-p (generate._top_p) keeping another set than the sorting rule (sort,
+    cumulate, scatter back) on any row of a batch: ties across the cut, masked tokens, signed zeros,
+    a 6k vocabulary; a different set would change what a seed writes."""
+    from tianci.generate import _top_p, _top_p_sorted
+
+    x = torch.tensor(rows)
+    if big:  # a vocabulary's size, rounded to bf16 so that ties are common
+        x = torch.cat([x, torch.randn(len(rows), 6000, generator=torch.Generator().manual_seed(len(rows)))
+                       .to(torch.bfloat16).float()], dim=1)
+    assert torch.equal(_top_p(x, p), _top_p_sorted(x, p))
+
+
 @settings(max_examples=40, deadline=None)
 @given(row=logit_rows, temp=st.floats(0.05, 5.0))
 def test_temperature_scales_logits(row, temp):

@@ -204,8 +204,7 @@ class Engine:
             for s in live:
                 self._retire(s, "error", e)
             return True
-        for s, lg in logits.items():
-            self._draw(s, lg)
+        self._draw(logits)
         return True
 
     def _forward(self, live: list[int]) -> dict[int, torch.Tensor]:
@@ -250,18 +249,41 @@ class Engine:
             self.stats.prefills += 1
         return out
 
-    def _draw(self, s: int, logits: torch.Tensor) -> None:
+    def _draw(self, logits: dict[int, torch.Tensor]) -> None:
+        """Each row's next token: its own hook, then one filter and one draw for all the rows that
+        sample alike (each row still drawing from its own generator), then its own state machine.
+        The filters and the sampler work row by row, so a row gets the token it gets alone."""
+        alike: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        for s in sorted(logits):
+            row = self.slots[s].row
+            try:
+                lg = logits[s] if row.logits_hook is None else row.logits_hook(logits[s], self.slots[s].steps)
+                if lg.shape != logits[s].shape:  # caught here, it cannot take the rows sampled with it down
+                    raise ValueError(f"a logits hook returned shape {tuple(lg.shape)}, not {tuple(logits[s].shape)}")
+            except Exception as e:  # this row's hook failed: only this row ends
+                self._retire(s, "error", e)
+                continue
+            alike.setdefault((row.temperature, row.top_k, row.top_p), []).append((s, lg))
+        for (temperature, top_k, top_p), rows in alike.items():
+            try:
+                toks = next_token(torch.cat([lg for _, lg in rows]), temperature, top_k, top_p,
+                                  [self.slots[s].row.generator for s, _ in rows]).tolist()
+            except Exception as e:  # the sampler's own fault: these rows end
+                for s, _ in rows:
+                    self._retire(s, "error", e)
+                continue
+            for (s, _), tok in zip(rows, toks):
+                self._take(s, tok)
+
+    def _take(self, s: int, tok: int) -> None:
         slot, row = self.slots[s], self.slots[s].row
         try:
-            if row.logits_hook is not None:
-                logits = row.logits_hook(logits, slot.steps)
-            tok = int(next_token(logits, row.temperature, row.top_k, row.top_p, row.generator)[0])
             slot.steps += 1
             self.stats.tokens += 1
             # keep at most block-1 old tokens (none at block_size 1), as generate does
             slot.ctx = (slot.ctx if self.block is None else slot.ctx[max(0, len(slot.ctx) - self.block + 1):]) + [tok]
             finished = row.on_token(tok)
-        except Exception as e:  # this row's hook or state machine failed: only this row ends
+        except Exception as e:  # this row's state machine failed: only this row ends
             self._retire(s, "error", e)
             return
         if finished:

@@ -37,29 +37,71 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = F.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens ranked above it already cover top_p of the mass
-        drop = probs.cumsum(dim=-1) - probs > top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        logits = _top_p(logits, top_p)
     return logits
 
 
-def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def _top_p_sorted(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The top-p rule itself: sort, drop a token when the tokens ranked above it already cover
+    top_p of the mass, scatter back."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = F.softmax(sorted_logits, dim=-1)
+    drop = probs.cumsum(dim=-1) - probs > top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """_top_p_sorted's result, bit for bit, ~10x cheaper on the CPU: torch.sort of a 6k vocabulary
+    costs ~0.4 ms a row (half of a 填词 row's step), numpy's value sort ~0.03 ms. The sorted values
+    are unique whatever the algorithm, so the nucleus mass (softmax and cumsum of the same tensor)
+    is too, and a row whose kept positions are a prefix ending strictly above the next value keeps
+    exactly the tokens at or above its last kept value. A row where that is not so (tied values
+    across the cut, where torch's sort order decided, a non-monotone rounding, NaN) takes the
+    sorting rule itself."""
+    if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2:
+        return _top_p_sorted(logits, top_p)
+    import numpy as np
+
+    values = torch.from_numpy(np.ascontiguousarray(np.sort(logits.numpy(), axis=-1)[:, ::-1]))
+    probs = F.softmax(values, dim=-1)
+    drop = probs.cumsum(dim=-1) - probs > top_p
+    keep = (~drop).sum(dim=-1, keepdim=True)  # >= 1: the first token never drops
+    V = logits.size(-1)
+    last = values.gather(-1, keep - 1)  # the last kept value
+    after = values.gather(-1, keep.clamp(max=V - 1))  # the first dropped one (itself when none is)
+    exact = (drop == (torch.arange(V) >= keep)).all(dim=-1) & ((keep == V) | (after < last)).squeeze(-1)
+    exact &= ~torch.isnan(values[:, :1]).squeeze(-1)  # numpy sorts NaN first once reversed
+    out = logits.masked_fill(logits < last, float("-inf"))
+    if not exact.all():
+        bad = (~exact).nonzero().squeeze(-1)
+        out[bad] = _top_p_sorted(logits[bad], top_p)
+    return out
+
+
+Generators = torch.Generator | list[torch.Generator | None] | None
+
+
+def sample_from_logits(logits: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids drawn from softmax(logits), by inverting the CDF with one
     uniform number per row. Same distribution as torch.multinomial, ~5x cheaper on the CPU (it
     draws one random number instead of one per vocabulary entry). A token whose logit is -inf has
-    probability 0 and is never drawn: side="right" skips the flat steps of the CDF."""
+    probability 0 and is never drawn: side="right" skips the flat steps of the CDF. generator: one
+    for the batch, or a list, one per row (the batched engine's rows: row i draws its number from
+    its own, exactly as it would alone)."""
     cdf = F.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, V), last column ~1
     total = cdf[:, -1:]
-    u = torch.rand((logits.size(0), 1), generator=generator, device=logits.device) * total
+    if isinstance(generator, list):
+        u = torch.cat([torch.rand((1, 1), generator=g, device=logits.device) for g in generator])
+    else:
+        u = torch.rand((logits.size(0), 1), generator=generator, device=logits.device)
+    u = u * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # rounding must not reach the end
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+               top_p: float | None = None, generator: Generators = None) -> torch.Tensor:
     """(B, V) float logits -> (B,) next tokens: filtered, then greedy or drawn. The one sampling rule
     of generate and of the batched engine (tianci.engine)."""
     logits = filter_logits(logits, temperature, top_k, top_p)

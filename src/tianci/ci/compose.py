@@ -238,7 +238,7 @@ class ConstrainedDecoder:
         def hook(logits: torch.Tensor, step: int) -> torch.Tensor:
             logits = logits.masked_fill(~self.mask(r).to(logits.device), float("-inf"))
             if self.guide is not None and not self.rows[r].author_phase:  # the author's name is not themed
-                logits = logits + self.guide.bias(logits.device)[r:r + 1].to(logits.dtype)
+                logits = logits + self.guide.row_bias(r, logits.device).to(logits.dtype)
             return logits
         return hook
 

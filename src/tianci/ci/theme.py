@@ -25,7 +25,7 @@ MISSING_COST = 1.0  # judge score (nats/symbol scale) added per missing word whe
 
 
 class ThemeGuide:
-    """The per-sample theme bonus of one batch (`ConstrainedDecoder.hook` adds `bias()`)."""
+    """The per-sample theme bonus of one batch (`ConstrainedDecoder.row_hook` adds `row_bias(r)`)."""
 
     def __init__(self, vt, words: tuple[str, ...], rows: int, cells: int):
         self.words = tuple(w for w in words if any(c in vt.stoi and vt.han[vt.stoi[c]] for c in w))
@@ -38,18 +38,21 @@ class ThemeGuide:
     def advance(self, r: int, piece: str) -> None:
         self.text[r] += piece
 
-    def bias(self, device) -> torch.Tensor:
-        """(rows, V) logits to add, for the next token of each sample."""
-        out = torch.zeros(len(self.text), self.V)
-        for r, text in enumerate(self.text):
-            first = THEME_BONUS * (1 + THEME_RAMP * min(1.0, len(text) / self.cells))
-            for w in self.words:
-                if w in text:
-                    continue
-                k = next((k for k in range(len(w) - 1, 0, -1) if text.endswith(w[:k])), 0)
-                i = self.stoi.get(w[k])
-                if i is not None:
-                    out[r, i] = max(float(out[r, i]), WORD_BONUS if k else first)
+    def row_bias(self, r: int, device) -> torch.Tensor:
+        """(1, V) logits to add to sample r's next token (each row's hook builds only its own: all
+        rows for every row cost rows² per step)."""
+        text, bonus = self.text[r], {}
+        first = THEME_BONUS * (1 + THEME_RAMP * min(1.0, len(text) / self.cells))
+        for w in self.words:
+            if w in text:
+                continue
+            k = next((k for k in range(len(w) - 1, 0, -1) if text.endswith(w[:k])), 0)
+            i = self.stoi.get(w[k])
+            if i is not None:
+                bonus[i] = max(bonus.get(i, 0.0), WORD_BONUS if k else first)
+        out = torch.zeros(1, self.V)
+        if bonus:
+            out[0, list(bonus)] = torch.tensor(list(bonus.values()))
         return out.to(device)
 
     def missing(self, text: str) -> int:
