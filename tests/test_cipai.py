@@ -54,6 +54,19 @@ def test_variant_follows_corpus(mini_cipu):
         CiPu.load(mini_cipu).form("浣溪沙", 5)
 
 
+def test_forms_count_the_corpus_once_per_cipai(mini_cipu, monkeypatch):
+    """Guards CiPu.forms counting the corpus's skeletons again on every call: a server asks for a
+    词牌's forms on every compose request, next to the engine's thread."""
+    poems = [CorpusPoem("浣溪沙", "某", ["红蓼渡头秋正雨，印沙鸥迹自成行。"]) for _ in range(3)]
+    cp = CiPu.load(mini_cipu, CorpusStats.from_poems(poems))
+    first = cp.forms("浣溪沙")
+    counted = []
+    monkeypatch.setattr(cp.corpus, "skeletons", lambda titles: counted.append(titles))
+    again = cp.forms("浣溪沙")
+    again.pop()  # the caller's list: not the kept one
+    assert cp.forms("浣溪沙") == first and len(first) == 2 and not counted
+
+
 def test_corpus_only_form(mini_cipu):
     """Guards: a 词牌 missing from the 词谱 having no form at all."""
     poems = [CorpusPoem("一翦梅", "某", ["红叶飘零。", "秋风送客东。"]) for _ in range(4)]
