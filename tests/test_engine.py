@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tianci.config import GPTConfig
-from tianci.engine import Engine, Group, stream
+from tianci.batched import stream
+from tianci.engine import Engine, Group
 from tianci.generate import SampleOptions, generate
 from tianci.generate import stream as generate_stream
 from tianci.model import GPT

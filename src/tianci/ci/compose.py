@@ -258,7 +258,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     """`n` poems to one form, decoded together as one batch. With candidates=M > 1 (needs a
     composer with a judge), n × M drafts are decoded in one batch and each poem is the best of its
     M by the judge (`judge.Judge.scores`). engine: decode the rows in a `tianci.engine.Engine`'s
-    batches instead (the server), each on its own (`engine.run_rows`; `cancelled`, a threading.Event,
+    batches instead (the server), each on its own (`batched.run_rows`; `cancelled`, a threading.Event,
     stops them). See `compose`."""
     t0 = time.perf_counter()
     if n < 1:
@@ -342,8 +342,8 @@ def _decode(model, ids: list[int], dec: ConstrainedDecoder, steps: int, seed: in
 def _decode_on(engine, ids: list[int], dec: ConstrainedDecoder, steps: int, seed: int | None, on_text,
                cancelled, **sampling) -> None:
     """The same rows in a batched engine's batches (the server's), each row on its own with its own
-    generator (`engine.run_rows`); row 0's text to on_text, in this thread."""
-    from ..engine import run_rows
+    generator (`batched.run_rows`); row 0's text to on_text, in this thread."""
+    from ..batched import run_rows
 
     def advance(r: int, tok: int):  # on the engine's thread: row r's next mask depends on it
         piece = dec.advance(r, tok)

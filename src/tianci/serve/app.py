@@ -8,7 +8,7 @@ completions, streaming as server-sent events), POST /v1/chat/completions (OpenAI
 naming a 词牌 composes, see `serve.chat`; any other is continued), GET /api/cipai, GET /api/cipai/{name}, POST
 /api/compose (streamed), GET /healthz. Every error has the OpenAI shape {"error": {"message", "type",
 "param", "code"}} (plus "allowed" and "suggestions" where the library error carries them).
-Sampling is `tianci.engine.stream`, 填词 `tianci.ci.compose.compose`, both decoded together in the
+Sampling is `tianci.batched.stream`, 填词 `tianci.ci.compose.compose`, both decoded together in the
 app's one batched engine (`tianci.engine`) from worker threads behind the fair queue of
 `serve.limits.Scheduler`. What the app holds is one `serve.state.AppState` (app.state.tianci). No route reads or writes a file the client names: the
 page's three files are read once at start-up from the package.

@@ -78,7 +78,7 @@ class ComposeParams:
 # ----------------------------------------------------------------------------- jobs (worker thread)
 
 def completion_job(run, engine, prompts: list[str], n: int, opts):
-    from ..engine import stream
+    from ..batched import stream
 
     def work(emit, cancelled):
         engine.start()
