@@ -325,6 +325,7 @@ class Run:
         best = self.path / "best.safetensors"
         path = best if which == "best" and best.exists() else self.latest()[0]
         load_weights(model, path)
+        model.set_form_classes(tokenizer)  # a form model's: from the tokenizer, not stored with the weights
         model.to(device).eval()
         if quantize != "none":
             from .quant import apply_quantization

@@ -90,6 +90,9 @@ class GPTConfig:
     +projection:     proj=True                     output projections, 4x-wide MLP
     +layernorm:      norm="layernorm"              pre-norm + ln_f
     +dropout:        dropout > 0
+
+    Past the ladder, for ci: form="clause" (SongNet's format symbols, tianci.formpos) tells the model at
+    every position how many characters its clause has left and what ends it; off on every rung.
     """
 
     vocab_size: int = _f(0, "tokens in the vocabulary; 0 = the data's tokenizer (any other value must equal it)",
@@ -124,6 +127,11 @@ class GPTConfig:
                    choices=("full", "adaptive"))
     head_cutoffs: str = _f("", "adaptive head: comma-separated frequency-rank cluster cutoffs; empty = V/12, V/3")
     init_std: float = _f(0.02, "standard deviation of the normal weight init", lo=0.0, hi=1.0, lo_open=True)
+    # --- ci ---
+    form: str = _f("none", "form-aware inputs: clause = embeddings, at every position, of how many characters "
+                   "the clause has left and what ends it (，/。/newline), read off each poem's punctuation in "
+                   "training and off the 词谱 while composing (tianci.formpos; char tokenizer only)",
+                   choices=("none", "clause"))
 
     def validate(self) -> "GPTConfig":
         _validate_fields(self)

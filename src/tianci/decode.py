@@ -21,6 +21,8 @@ import sys
 import torch
 import torch.nn as nn
 
+from . import formpos
+
 
 class DecodeStep(nn.Module):
     """Holds a KVCache's tensors as buffers and runs model.decode_step on them."""
@@ -37,25 +39,29 @@ class DecodeStep(nn.Module):
             self.register_buffer(f"k{i}", self.cache.k[i], persistent=False)
             self.register_buffer(f"v{i}", self.cache.v[i], persistent=False)
 
-    def forward(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, form: torch.Tensor | None = None) -> torch.Tensor:
         ks = [getattr(self, f"k{i}") for i in range(self.n_layer)]
         vs = [getattr(self, f"v{i}") for i in range(self.n_layer)]
-        return self.model.decode_step(idx, pos, ks, vs)
+        return self.model.decode_step(idx, pos, ks, vs, form)
 
 
 class CompiledStep:
     """One compiled decoding step for one batch size and the KVCache it writes into.
 
-    step(idx (B, 1)) -> logits (B, V) for the tokens at the cache's position, then advances the
-    cache by one; prefill into `cache` with the eager forward (model(ctx, kv_cache=step.cache))."""
+    step(idx (B, 1), form=None) -> logits (B, V) for the tokens at the cache's position, then advances
+    the cache by one; prefill into `cache` with the eager forward (model(ctx, kv_cache=step.cache)).
+    A form model's step always gets a (B, 1, 2) form (unknown when none is given: one graph)."""
 
-    def __init__(self, fn, cache):
+    def __init__(self, fn, cache, form: bool = False):
         self.fn = fn
         self.cache = cache
+        self.form = form
 
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, form: torch.Tensor | None = None) -> torch.Tensor:
         pos = torch.full((idx.size(0),), self.cache.pos, device=idx.device)  # every row at one position
-        logits = self.fn(idx, pos)
+        if self.form:  # contiguous: the graph was compiled for a dense (B, 1, 2)
+            form = (formpos.unknown(idx.size(0), 1, device=idx.device) if form is None else form).contiguous()
+        logits = self.fn(idx, pos, form)
         self.cache.advance(1)
         return logits
 
@@ -89,11 +95,13 @@ def _compile(model, batch_size: int) -> CompiledStep | None:
         mode = "reduce-overhead" if mod.cache.k.device.type == "cuda" else None  # CUDA graphs on a GPU
         fn = torch.compile(mod, fullgraph=True, dynamic=False, mode=mode)
         dev = mod.cache.k.device
+        form = formpos.unknown(batch_size, 1, device=dev).contiguous() if formpos.uses_form(model) else None
         with torch.no_grad():
             for i in range(3):  # compile now (errors surface here, not mid-poem); CUDA graphs record on the 3rd
-                fn(torch.zeros((batch_size, 1), dtype=torch.long, device=dev), torch.full((batch_size,), i, device=dev))
+                fn(torch.zeros((batch_size, 1), dtype=torch.long, device=dev), torch.full((batch_size,), i, device=dev),
+                   form)
     except Exception as e:  # an optimisation, never a requirement
         print(f"warning: compiled decoding unavailable ({type(e).__name__}: {e}); decoding eagerly",
               file=sys.stderr)
         return None
-    return CompiledStep(fn, mod.cache)
+    return CompiledStep(fn, mod.cache, form is not None)

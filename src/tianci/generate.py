@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from torch.nn import functional as F
 
+from . import formpos
 from .errors import TianciError
 from .tokenizer import StreamDecoder
 
@@ -113,32 +114,40 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
              top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None,
              logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-             use_cache: bool = True, decoder: "CompiledDecoder | None" = None) -> Iterator[torch.Tensor]:
+             use_cache: bool = True, decoder: "CompiledDecoder | None" = None,
+             form_hook: Callable[[int], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token id of every row, (B,), for up to max_new_tokens steps.
 
     idx (B, T) is the prompt. Prompts longer than the context keep their last block_size tokens.
     logits_hook(logits (B, V) float32, step) may mask tokens (-inf) before sampling.
     decoder: a `tianci.decode.CompiledDecoder` of this model: decode with its compiled fixed-shape
-    step where it can (the caller keeps it, and so the compile, across calls)."""
+    step where it can (the caller keeps it, and so the compile, across calls).
+    form_hook(step) -> (B, 2) (a form model, tianci.formpos): where the token this step draws stands
+    in its clause, asked before the step's forward (the composer knows it from the pattern); the
+    prompt's own positions are read off its text. None: the model is told no form."""
     block = model.config.block_size if hasattr(model, "config") else None
     use_cache = use_cache and hasattr(model, "new_kv_cache") and block is not None
     step_fn = decoder.step(idx.size(0)) if use_cache and decoder is not None else None
     cache = step_fn.cache if step_fn is not None else model.new_kv_cache(idx.size(0)) if use_cache else None
     seq = idx
-    new = None
+    new = form = None  # form: (B, seq length, 2) beside seq when there is a form_hook
     for step in range(max_new_tokens):
+        if form_hook is not None:
+            f = form_hook(step).to(seq.device)[:, None]
+            form = (torch.cat([formpos.from_tokens(seq, model.form_classes), f], dim=1) if form is None
+                    else torch.cat([form[:, form.size(1) - seq.size(1) + 1:], f], dim=1))  # trimmed as seq was
         if cache is None:
             ctx = seq if block is None else seq[:, -block:]
-            logits, _ = model(ctx)
+            logits, _ = model(ctx, **_form(form, ctx.size(1)))
         elif new is None or cache.pos >= block:
             # first step, or the cache is full: (re)fill it from the last block tokens, exactly
             # the context the no-cache path sees (past the context length each step is a prefill).
             cache.reset()
-            logits, _ = model(seq[:, -block:], kv_cache=cache)
+            logits, _ = model(seq[:, -block:], kv_cache=cache, **_form(form, block))
         elif step_fn is not None:
-            logits = step_fn(new[:, None])[:, None, :]  # (B, 1, V); the step advances the cache
+            logits = step_fn(new[:, None], **_form(form, 1))[:, None, :]  # (B, 1, V); the step advances the cache
         else:
-            logits, _ = model(new[:, None], kv_cache=cache)
+            logits, _ = model(new[:, None], kv_cache=cache, **_form(form, 1))
         logits = logits[:, -1, :].float()
         if logits_hook is not None:
             logits = logits_hook(logits, step)
@@ -146,6 +155,11 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
         # keep at most block-1 old tokens (max(0, ...): at block_size=1, -block+1 == 0 kept everything)
         seq = torch.cat([seq[:, max(0, seq.size(1) - block + 1):] if block else seq, new[:, None]], dim=1)
         yield new
+
+
+def _form(form: torch.Tensor | None, last: int) -> dict:
+    """The form keyword of a forward over the last `last` positions (none without a form hook)."""
+    return {} if form is None else {"form": form[:, -last:]}
 
 
 # ----------------------------------------------------------------------------- text level

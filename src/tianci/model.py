@@ -4,7 +4,8 @@ bigram -> +position -> +self-attention -> +multi-head -> +feed-forward -> +block
 -> +projection -> +layernorm -> +dropout (see GPTConfig). Two attention implementations compute
 the same function: the tutorial's readable loop (one `Head` module per head) and a fused QKV
 projection + `F.scaled_dot_product_attention`. Modern options (RoPE, RMSNorm, QK-norm, ReLU^2 /
-SwiGLU, tied embeddings, zero-init projections, logit soft-capping) are switches too.
+SwiGLU, tied embeddings, zero-init projections, logit soft-capping) are switches too, and so is
+the form-aware input of a ci model (form="clause": tianci.formpos).
 
 Every model honours one contract: forward(idx, targets=None) -> (logits, loss).
 Shapes: B = batch, T = time (tokens), C = n_embd, V = vocab, nh = heads, hs = head size.
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from . import formpos
 from .config import GPTConfig
 from .losses import AdaptiveHead, linear_cross_entropy
 
@@ -263,6 +265,13 @@ class GPT(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.form_rem = self.form_end = None  # form="clause": where the next token is in its clause
+        if cfg.form != "none":
+            self.form_rem = nn.Embedding(formpos.REM_IDS, cfg.n_embd)  # characters left in the clause
+            self.form_end = nn.Embedding(formpos.END_IDS, cfg.n_embd)  # what ends it: ，/。/newline
+            # each token's class (slot, mark, newline), to read training windows' form off their text;
+            # derived from the tokenizer (set_form_classes), so not saved with the weights
+            self.register_buffer("form_classes", torch.zeros(cfg.vocab_size, dtype=torch.uint8), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         has_block = cfg.attn != "none" or cfg.mlp
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer if has_block else 0))
@@ -289,17 +298,30 @@ class GPT(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, self.config.init_std)
 
+    def set_form_classes(self, tokenizer) -> None:
+        """A form model learns which tokens are marks (formpos.token_classes); the trainer and Run.load call it."""
+        if self.form_rem is not None:
+            self.form_classes.copy_(formpos.token_classes(tokenizer))
+
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.wpe is not None:
-            n -= self.wpe.weight.numel()
+        if non_embedding:
+            n -= sum(e.weight.numel() for e in (self.wpe, self.form_rem, self.form_end) if e is not None)
         return n
 
     def new_kv_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
         p = self.wte.weight
         return KVCache(self.config, batch_size, device or p.device, dtype or p.dtype)
 
-    def hidden(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def _add_form(self, x: torch.Tensor, form: torch.Tensor | None) -> torch.Tensor:
+        """x + the form embeddings; form (B, T, 2) [remaining, end] ids, None = unknown (tianci.formpos)."""
+        if self.form_rem is None:
+            return x
+        if form is None:
+            form = formpos.unknown(x.size(0), x.size(1), device=x.device)
+        return x + self.form_rem(form[..., 0]) + self.form_end(form[..., 1])
+
+    def hidden(self, idx: torch.Tensor, kv_cache: KVCache | None = None, form: torch.Tensor | None = None):
         """Final hidden states (B, T, C) after ln_f: everything but the vocabulary projection."""
         B, T = idx.shape
         pos0 = kv_cache.pos if kv_cache is not None else 0
@@ -308,7 +330,7 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))  # where each token is
-        x = self.drop(x)
+        x = self.drop(self._add_form(x, form))
         for i, block in enumerate(self.h):
             kv = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
             x = block(x, kv, pos0)
@@ -316,16 +338,18 @@ class GPT(nn.Module):
             kv_cache.advance(T)  # the cache now holds these T positions too
         return self.ln_f(x)
 
-    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    form: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, 1) new tokens, row b's at position pos[b] (pos: (B,) long tensor) -> logits (B, V);
         writes the tokens' keys/values into the cache: k, v are indexable per layer (a KVCache's k/v
         tensors (n_layer, B, nh, block_size, hs), or lists of (B, nh, block_size, hs)).
         The same function as forward(idx, kv_cache=...) for one token, written with fixed shapes
         for torch.compile (tianci.decode); rows may stand at different positions, as the batched
-        engine's slots do (tianci.engine)."""
+        engine's slots do (tianci.engine). form: (B, 1, 2), as in hidden."""
         x = self.wte(idx)  # (B, 1, C)
         if self.wpe is not None:
             x = x + self.wpe(pos)[:, None]  # each row's own position
+        x = self._add_form(x, form)
         for i, block in enumerate(self.h):
             x = block(x, (k[i], v[i]), pos, fixed=True)
         return self.logits(self.ln_f(x))[:, -1, :]
@@ -338,12 +362,17 @@ class GPT(nn.Module):
         c = self.config.logit_softcap
         return c * torch.tanh(logits / c) if c > 0 else logits
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_logits: bool = True):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_logits: bool = True,
+                form: torch.Tensor | None = None):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         With return_logits=False and targets given, the loss is computed chunk by chunk without
-        materialising the (B*T, V) logits (the trainer's fast path); logits is then None."""
-        x = self.hidden(idx, kv_cache)
+        materialising the (B*T, V) logits (the trainer's fast path); logits is then None.
+        form (a form model): (B, T, 2) ids of where each next token is in its clause (the composer's);
+        None: with targets (idx shifted by one), read off the text itself, else unknown (tianci.formpos)."""
+        if form is None and targets is not None and self.form_rem is not None:
+            form = formpos.for_training(idx, targets, self.form_classes, self.training)
+        x = self.hidden(idx, kv_cache, form)
         if targets is None:
             return self.logits(x), None
         if self.config.head == "adaptive":  # its loss never needs the full V-way logits either
@@ -362,7 +391,7 @@ class GPT(nn.Module):
         counting matmuls and attention scores at full context (nanoGPT / PaLM appendix B)."""
         cfg = self.config
         n = sum(p.numel() for name, p in self.named_parameters()
-                if p.dim() == 2 and not name.startswith(("wte", "wpe", "lm_head")))
+                if p.dim() == 2 and not name.startswith(("wte", "wpe", "form_", "lm_head")))
         head = self.lm_head.flops_per_token() if cfg.head == "adaptive" else 0
         if cfg.head == "full":
             n += self.lm_head.weight.numel()

@@ -127,6 +127,9 @@ class Trainer:
             from .corpus import DataDir
             from .finetune import init_weights
             self.init_from = init_weights(self.model, init_from, DataDir(self.data_dir).tokenizer())
+        if self.preset.model.form != "none":  # which tokens are marks: the form of each window's text
+            from .corpus import DataDir
+            self.model.set_form_classes(DataDir(self.data_dir).tokenizer())
         if self.preset.model.head == "adaptive":  # frequency order for its clusters (resume reloads it)
             self.model.lm_head.set_frequencies(token_counts(self.data_dir / "train.bin", self.meta["dtype"],
                                                             self.preset.model.vocab_size))

@@ -31,6 +31,7 @@ import torch
 
 from .cipai import CiPu
 from ..errors import ParameterError, TianciError
+from ..formpos import uses_form
 from ..header import THEME_CLOSE, THEME_OPEN, Header, check_theme
 from .fixed import FormChoice, check_vocabulary, choose_form
 from .form import Form
@@ -230,6 +231,12 @@ class ConstrainedDecoder:
             self.guide.advance(r, text)
         return text
 
+    def form_ids(self, step: int) -> torch.Tensor:
+        """(rows, 2): where each row's next token stands in its clause, from the pattern (a form
+        model's input, tianci.formpos); unknown while the model writes the author, as in the corpus."""
+        n = len(self.fm.cells)
+        return self.fm.form_ids[[n if r.author_phase else min(r.cell, n) for r in self.rows]]
+
     def hook(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         return torch.cat([self.row_hook(r)(logits[r:r + 1], step) for r in range(len(self.rows))])
 
@@ -328,7 +335,8 @@ def _decode(model, ids: list[int], dec: ConstrainedDecoder, steps: int, seed: in
     model.eval()
     try:
         with torch.no_grad():
-            for tok in generate(model, idx, steps, generator=gen, logits_hook=dec.hook, **sampling):
+            for tok in generate(model, idx, steps, generator=gen, logits_hook=dec.hook,
+                                form_hook=dec.form_ids if uses_form(model) else None, **sampling):
                 for r, t in enumerate(tok.tolist()):
                     piece = dec.advance(r, t)
                     if r == 0 and on_text is not None and piece:

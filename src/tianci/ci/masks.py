@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TianciError
+from ..formpos import from_layout
 from .form import CellKind, Form
 from .tones import PING, ZE, ZHONG, Phonology, is_han
 
@@ -74,6 +75,8 @@ class FormMasks:
                                       allowed="a run whose vocabulary has the corpus punctuation")
                 self.strict[j] = self.tone_only[j] = m
         self.newline = vt.one_hot("\n")
+        # where each cell stands in its clause (row len(cells): the poem is done): a form model's input
+        self.form_ids = from_layout("".join("*" if c.is_char else c.mark or "\n" for c in self.cells))
         # a character slot right before a mark or newline ends a clause
         self.final = [c.is_char and j + 1 < len(self.cells) and not self.cells[j + 1].is_char
                       for j, c in enumerate(self.cells)]

@@ -52,6 +52,9 @@ def _refuse(param: str, value, allowed: str, why: str):
 def choose(cfg: GPTConfig) -> str:
     """The transformers model_type that represents cfg exactly, or an ExportError naming the switch."""
     none = "no transformers architecture has it"
+    if cfg.form != "none":
+        _refuse("form", cfg.form, "none", "a form-aware model adds embeddings of each position's place in its clause "
+                "(tianci.formpos), computed from the text: no transformers or GGUF architecture has them")
     if cfg.attn == "none":
         _refuse("attn", cfg.attn, "single|multi", f"a model without attention: {none}")
     for name in ("mlp", "residual", "proj"):
