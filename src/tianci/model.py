@@ -269,8 +269,7 @@ class GPT(nn.Module):
         if cfg.form != "none":
             self.form_rem = nn.Embedding(formpos.REM_IDS, cfg.n_embd)  # characters left in the clause
             self.form_end = nn.Embedding(formpos.END_IDS, cfg.n_embd)  # what ends it: ，/。/newline
-            # each token's class (slot, mark, newline), to read training windows' form off their text;
-            # derived from the tokenizer (set_form_classes), so not saved with the weights
+            # token classes (slot, mark, newline) to read a window's form off its text: set_form_classes, not saved
             self.register_buffer("form_classes", torch.zeros(cfg.vocab_size, dtype=torch.uint8), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         has_block = cfg.attn != "none" or cfg.mlp
@@ -283,6 +282,8 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one matrix both reads and writes tokens
         self.apply(self._init_weights)
+        if self.form_rem is not None:  # zero: a form model starts as the plain one (measured better, docs/compose.md)
+            nn.init.zeros_(self.form_rem.weight), nn.init.zeros_(self.form_end.weight)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 if cfg.zero_init_proj:  # each block starts as the identity: easier early optimisation

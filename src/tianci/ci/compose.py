@@ -18,6 +18,8 @@ more rhymes are written. When the constraints leave nothing (tiny vocabularies),
 off in order — allow a repeated rhyme, relax the tone, relax the rhyme, any Han character — and
 reports each backoff; it never hangs. A theme (`theme="春雨,归舟"`) is written into the title line of a
 run trained with themes and guided into the poem by a logit bonus (tianci.ci.theme), within the form.
+A form model (GPTConfig.form="clause") is also told, before each cell, how many characters its clause has
+left and what ends it (FormMasks.form_ids, tianci.formpos): the same ids training reads off a poem's text.
 Masks are boolean tensors built once per (tokenizer, form) and held by a `Composer`, which the caller keeps to reuse them (the CLI per command, the server per run).
 Only character-level tokenizers are supported: a BPE token spans several slots.
 """

@@ -92,7 +92,7 @@ def nll_per_token(model, tokenizer, prompt: str, body: str) -> float:
     dev = next(model.parameters()).device
     x = torch.tensor([ids[:-1]], device=dev)
     y = torch.tensor([ids[1:]], device=dev)
-    logits, _ = model(x)
+    logits, _ = model(x, y)  # with targets a form model reads the poem's form off its text, as it composed it
     loss = F.cross_entropy(logits[0, -nb:].float(), y[0, -nb:], reduction="mean")
     return float(loss)
 
