@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from tianci.config import GPTConfig, TrainConfig
 from tianci.losses import linear_cross_entropy
-from tianci.model import GPT, convert_attention_state
+from tianci.interop.arch import convert_attention_state
+from tianci.model import GPT
 from tianci.optim import build_optimizers
 from tianci.quant import quantize_int8
 

@@ -4,6 +4,8 @@ and a form model end to end (train, compose, sample, export refused)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,7 +83,7 @@ def form_gpt(tok, block_size: int = 16, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=16,
                       form="clause", pos="rope", norm="rmsnorm"))
-    m.set_form_classes(tok)
+    F.attach(m, tok)
     for e in (m.form_rem, m.form_end):  # large enough that a wrong id changes the greedy path
         torch.nn.init.normal_(e.weight, 0.0, 1.0)
     return m.eval()
@@ -154,6 +156,45 @@ def test_compose_feeds_what_training_reads_off_the_poem():
             for idx, form in calls[1:]:
                 end += 1
                 assert torch.equal(form[r], reread[end - form.size(1):end])
+
+
+def test_the_batched_engine_feeds_the_form_as_generate_does():
+    """Guards: the server's engine (continuous batching) composing with a form model but without its form
+    (or at the wrong position: prefill, batched decode step, the refill past the context length)."""
+    from tianci.ci.compose import compose
+    from tianci.engine import Engine
+    from test_compose import FORM, PHON
+
+    tok = CharTokenizer(sorted(set("".join(PHON.readings)) | set("，、。\n 某测试")))
+    m = form_gpt(tok, block_size=8)
+    seeds = (0, 1, 4)
+    alone = [compose(m, tok, FORM, phon=PHON, seed=s, temperature=1.0).text for s in seeds]
+    engine = Engine(m, 4)
+    from tianci.batched import stream
+    other = stream(engine, tok, "\n\n测试 ", 1)  # a plain row (no form) in the same batches
+    next(other, None)
+    assert [compose(m, tok, FORM, phon=PHON, seed=s, temperature=1.0, engine=engine).text for s in seeds] == alone
+    other.close()
+    plain = Engine(Plain(m), 4)
+    unformed = [compose(m, tok, FORM, phon=PHON, seed=s, temperature=1.0, engine=plain).text for s in seeds]
+    assert unformed != alone  # the form does change what this model writes
+
+
+class Plain(torch.nn.Module):
+    """The same weights told no form (a config without the switch): what an engine that forgot it writes."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m, self.config = m, dataclasses.replace(m.config, form="none")
+
+    def forward(self, *a, **kw):
+        return self.m(*a, **kw)
+
+    def decode_step(self, *a):
+        return self.m.decode_step(*a)
+
+    def new_kv_cache(self, *a, **kw):
+        return self.m.new_kv_cache(*a, **kw)
 
 
 def test_compiled_step_takes_the_form():

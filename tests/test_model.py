@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tianci.config import GPTConfig, load_preset
-from tianci.model import GPT, convert_attention_state
+from tianci.interop.arch import convert_attention_state
+from tianci.model import GPT
 
 RUNGS = ["bigram", "position", "attention", "multihead", "feedforward", "blocks", "residual", "projection",
          "layernorm", "dropout", "ci-cpu", "ci-gpu", "nanogpt-cpu"]

@@ -26,10 +26,11 @@ def row_generators(seed: int | None, n: int, device) -> list[torch.Generator]:
 
 def run_rows(engine: Engine, ids: list[int], n: int, max_new_tokens: int, seed: int | None,
              on_token: Callable[[int, int], tuple[bool, object]], row_hook=None, on_length=None,
-             cancelled: threading.Event | None = None, **sampling) -> Iterator:
+             cancelled: threading.Event | None = None, row_form=None, **sampling) -> Iterator:
     """n rows of one prompt through the engine; yields, in this thread, what their tokens produce.
 
-    Row r draws from row_generators(seed, n)[r], under the logits hook row_hook(r) if given.
+    Row r draws from row_generators(seed, n)[r], under the logits hook row_hook(r) if given, and is
+    told its form by row_form(r) if given (a form model's form_hook, tianci.formpos).
     on_token(r, tok) runs on the engine's thread and returns (finished, item or None); on_length(r)
     may return a last item when row r runs out of tokens. Leaving early, or setting `cancelled`,
     cancels the rows (see Group)."""
@@ -41,7 +42,8 @@ def run_rows(engine: Engine, ids: list[int], n: int, max_new_tokens: int, seed: 
                 group.put(item)
             return finished
         group.add(ids, max_new_tokens, push, on_length=None if on_length is None else lambda r=r: on_length(r),
-                  generator=gen, logits_hook=None if row_hook is None else row_hook(r), **sampling)
+                  generator=gen, logits_hook=None if row_hook is None else row_hook(r),
+                  form_hook=None if row_form is None else row_form(r), **sampling)
     yield from group.items()
 
 

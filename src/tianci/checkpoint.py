@@ -311,6 +311,7 @@ class Run:
         """The GPT of this run in eval mode, with its tokenizer and config, all three checked
         against each other: any mismatch or non-finite weight is a RunError naming the files.
         quantize="int8" stores the Linear weights as int8 (tianci.quant): inference only."""
+        from . import formpos
         from .model import GPT
 
         cfg = self.config()
@@ -323,9 +324,8 @@ class Run:
                            f"{self.path / 'config.json'} has vocab_size {preset.model.vocab_size}")
         model = GPT(preset.model)
         best = self.path / "best.safetensors"
-        path = best if which == "best" and best.exists() else self.latest()[0]
-        load_weights(model, path)
-        model.set_form_classes(tokenizer)  # a form model's: from the tokenizer, not stored with the weights
+        load_weights(model, best if which == "best" and best.exists() else self.latest()[0])
+        formpos.attach(model, tokenizer)  # a form model's token classes: not stored with the weights
         model.to(device).eval()
         if quantize != "none":
             from .quant import apply_quantization

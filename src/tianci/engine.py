@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from . import formpos
 from .errors import ParameterError
 from .generate import next_token
 
@@ -70,6 +71,7 @@ class Row:
     top_p: float | None = None
     generator: torch.Generator | None = None
     logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # (1, V) logits, step -> logits
+    form_hook: Callable[[int], torch.Tensor] | None = None  # a form model's (2,) ids, step -> ids (generate's)
     cancelled: CancelFlag = field(default_factory=CancelFlag)
 
 
@@ -82,6 +84,7 @@ class _Slot:
     ctx: list[int]  # the last block_size tokens, prompt and drawn: what a (re-)prefill reads
     steps: int = 0  # tokens drawn
     fresh: bool = True  # not prefilled yet: the last token of ctx is not in the cache either way
+    form: torch.Tensor | None = None  # a form row's (len(ctx), 2) ids beside ctx in a forward (tianci.formpos)
 
 
 @dataclass
@@ -211,9 +214,10 @@ class Engine:
         """(1, V) float32 logits of each live slot's next token: one batched decode step for the slots
         with room in their cache, one forward without a cache for those whose context is full, and a
         prefill into its slot for each new one."""
+        self._form_step(live)
         if self.cache is None:  # no KV cache: each row's whole context, as generate's no-cache path
-            return {s: self.model(torch.tensor([self.slots[s].ctx], device=self.device))[0][:, -1, :].float()
-                    for s in live}
+            return {s: self.model(torch.tensor([self.slots[s].ctx], device=self.device),
+                                  **self._forms([s], len(self.slots[s].ctx)))[0][:, -1, :].float() for s in live}
         fresh = [s for s in live if self.slots[s].fresh]
         full = [s for s in live if not self.slots[s].fresh and self.slots[s].cache.pos >= self.block]
         decode = [s for s in live if s not in fresh and s not in full]
@@ -226,7 +230,8 @@ class Engine:
             toks = [self.slots[s].ctx[-1] if s in stepped else 0 for s in range(hi)]
             pos = [0 if self.slots[s] is None else min(self.slots[s].cache.pos, self.block - 1) for s in range(hi)]
             step = self.model.decode_step(torch.tensor(toks, device=dev)[:, None], torch.tensor(pos, device=dev),
-                                          self.cache.k[:, :hi], self.cache.v[:, :hi]).float()
+                                          self.cache.k[:, :hi], self.cache.v[:, :hi],
+                                          **self._forms([s if s in stepped else None for s in range(hi)], 1)).float()
             self.stats.steps += 1
             for s in decode:
                 self.slots[s].cache.advance(1)
@@ -236,7 +241,7 @@ class Engine:
             # refill does; the result is never decoded from, so these rows need no cache, and all
             # of them (each exactly block_size tokens) share one forward.
             ctx = torch.tensor([self.slots[s].ctx for s in full], dtype=torch.long, device=dev)
-            logits = self.model(ctx)[0][:, -1, :].float()
+            logits = self.model(ctx, **self._forms(full, self.block))[0][:, -1, :].float()
             self.stats.prefills += 1
             for j, s in enumerate(full):
                 out[s] = logits[j:j + 1]
@@ -244,10 +249,32 @@ class Engine:
             slot = self.slots[s]
             slot.cache.reset()
             ctx = torch.tensor([slot.ctx], dtype=torch.long, device=dev)
-            out[s] = self.model(ctx, kv_cache=slot.cache)[0][:, -1, :].float()
+            out[s] = self.model(ctx, kv_cache=slot.cache, **self._forms([s], ctx.size(1)))[0][:, -1, :].float()
             slot.fresh = False
             self.stats.prefills += 1
         return out
+
+    def _form_step(self, live: list[int]) -> None:
+        """Each form row's ids beside its ctx, as generate keeps them: the prompt's own off its text
+        when admitted, then the row's form_hook for the token it draws now (its state machine has
+        taken every token before)."""
+        for s in live:
+            slot = self.slots[s]
+            if slot.row.form_hook is not None:
+                if slot.form is None:
+                    slot.form = formpos.from_tokens(torch.tensor([slot.ctx], device=self.device),
+                                                    self.model.form_classes)[0]
+                hook = slot.row.form_hook(slot.steps).to(self.device)
+                slot.form = torch.cat([slot.form[len(slot.form) - len(slot.ctx) + 1:], hook[None]])
+
+    def _forms(self, slots: list[int | None], T: int) -> dict:
+        """The form keyword of a forward over these slots' last T positions: none for a plain model;
+        a row without a form hook, or a stepped-over slot (None), is unknown (tianci.formpos)."""
+        if not formpos.uses_form(self.model):
+            return {}
+        unknown = formpos.unknown(1, T, device=self.device)[0]
+        return {"form": torch.stack([self.slots[s].form[-T:] if s is not None and self.slots[s].form is not None
+                                     else unknown for s in slots])}
 
     def _draw(self, logits: dict[int, torch.Tensor]) -> None:
         """Each row's next token: its own hook, then one filter and one draw for all the rows that

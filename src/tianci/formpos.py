@@ -118,3 +118,9 @@ def unknown(B: int, T: int, device=None) -> torch.Tensor:
 
 def uses_form(model) -> bool:
     return getattr(getattr(model, "config", None), "form", "none") != "none"
+
+
+def attach(model, tokenizer) -> None:
+    """Give a form model its tokenizer's token classes (GPT.form_classes): the trainer and Run.load do."""
+    if uses_form(model):
+        model.form_classes.copy_(token_classes(tokenizer))

@@ -269,7 +269,7 @@ class GPT(nn.Module):
         if cfg.form != "none":
             self.form_rem = nn.Embedding(formpos.REM_IDS, cfg.n_embd)  # characters left in the clause
             self.form_end = nn.Embedding(formpos.END_IDS, cfg.n_embd)  # what ends it: ，/。/newline
-            # token classes (slot, mark, newline) to read a window's form off its text: set_form_classes, not saved
+            # token classes (slot, mark, newline) to read a window's form off its text: formpos.attach, not saved
             self.register_buffer("form_classes", torch.zeros(cfg.vocab_size, dtype=torch.uint8), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         has_block = cfg.attn != "none" or cfg.mlp
@@ -299,11 +299,6 @@ class GPT(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, self.config.init_std)
 
-    def set_form_classes(self, tokenizer) -> None:
-        """A form model learns which tokens are marks (formpos.token_classes); the trainer and Run.load call it."""
-        if self.form_rem is not None:
-            self.form_classes.copy_(formpos.token_classes(tokenizer))
-
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -318,8 +313,7 @@ class GPT(nn.Module):
         """x + the form embeddings; form (B, T, 2) [remaining, end] ids, None = unknown (tianci.formpos)."""
         if self.form_rem is None:
             return x
-        if form is None:
-            form = formpos.unknown(x.size(0), x.size(1), device=x.device)
+        form = formpos.unknown(x.size(0), x.size(1), device=x.device) if form is None else form
         return x + self.form_rem(form[..., 0]) + self.form_end(form[..., 1])
 
     def hidden(self, idx: torch.Tensor, kv_cache: KVCache | None = None, form: torch.Tensor | None = None):
@@ -401,20 +395,3 @@ class GPT(nn.Module):
             attn = len(self.h) * 2 * cfg.block_size * cfg.n_embd  # q.k and att.v, average ~T/2 each
         return 6 * n + 6 * attn + head
 
-
-def convert_attention_state(sd: dict, cfg: GPTConfig, to: str) -> dict:
-    """Map weights between the loop ("heads.{i}.query/key/value") and fused ("c_attn") layouts,
-    so the two implementations can be compared with identical weights."""
-    out, nh, hs = dict(sd), cfg.heads, cfg.head_size
-    for i in range(cfg.n_layer):
-        p = f"h.{i}.attn."
-        if to == "sdpa" and f"{p}heads.0.query.weight" in out:
-            ws = [torch.cat([out.pop(f"{p}heads.{h}.{n}.weight") for h in range(nh)])
-                  for n in ("query", "key", "value")]
-            out[f"{p}c_attn.weight"] = torch.cat(ws)
-        elif to == "loop" and f"{p}c_attn.weight" in out:
-            q, k, v = out.pop(f"{p}c_attn.weight").split(cfg.n_embd)
-            for n, w in (("query", q), ("key", k), ("value", v)):
-                for h in range(nh):
-                    out[f"{p}heads.{h}.{n}.weight"] = w[h * hs:(h + 1) * hs].clone()
-    return out

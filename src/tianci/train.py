@@ -24,6 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ck
+from . import formpos
 from .batches import Batches, batch_seed, token_counts
 from .config import Preset, format_config, to_dict
 from .corpus import read_meta
@@ -129,7 +130,7 @@ class Trainer:
             self.init_from = init_weights(self.model, init_from, DataDir(self.data_dir).tokenizer())
         if self.preset.model.form != "none":  # which tokens are marks: the form of each window's text
             from .corpus import DataDir
-            self.model.set_form_classes(DataDir(self.data_dir).tokenizer())
+            formpos.attach(self.model, DataDir(self.data_dir).tokenizer())
         if self.preset.model.head == "adaptive":  # frequency order for its clusters (resume reloads it)
             self.model.lm_head.set_frequencies(token_counts(self.data_dir / "train.bin", self.meta["dtype"],
                                                             self.preset.model.vocab_size))

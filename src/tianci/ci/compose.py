@@ -236,8 +236,14 @@ class ConstrainedDecoder:
     def form_ids(self, step: int) -> torch.Tensor:
         """(rows, 2): where each row's next token stands in its clause, from the pattern (a form
         model's input, tianci.formpos); unknown while the model writes the author, as in the corpus."""
-        n = len(self.fm.cells)
-        return self.fm.form_ids[[n if r.author_phase else min(r.cell, n) for r in self.rows]]
+        return torch.stack([self.row_form(r)(step) for r in range(len(self.rows))])
+
+    def row_form(self, r: int):
+        """Row r's form ids alone, step -> (2,) (the batched engine asks each row on its own)."""
+        def ids(step: int) -> torch.Tensor:
+            row, n = self.rows[r], len(self.fm.cells)
+            return self.fm.form_ids[n if row.author_phase else min(row.cell, n)]
+        return ids
 
     def hook(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         return torch.cat([self.row_hook(r)(logits[r:r + 1], step) for r in range(len(self.rows))])
@@ -359,7 +365,7 @@ def _decode_on(engine, ids: list[int], dec: ConstrainedDecoder, steps: int, seed
         piece = dec.advance(r, tok)
         return dec.rows[r].cell >= len(dec.fm.cells), piece if r == 0 and piece and on_text else None
     for piece in run_rows(engine, ids, len(dec.rows), steps, seed, advance, dec.row_hook, cancelled=cancelled,
-                          **sampling):
+                          row_form=dec.row_form if uses_form(engine.model) else None, **sampling):
         on_text(piece)
 
 

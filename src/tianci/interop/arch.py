@@ -201,7 +201,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
 # ----------------------------------------------------------------------------- weights
 
 def to_hf(sd: dict, cfg: GPTConfig, model_type: str) -> dict[str, torch.Tensor]:
-    """tianci state dict (fused "c_attn" layout, see model.convert_attention_state) -> transformers
+    """tianci state dict (fused "c_attn" layout, see convert_attention_state) -> transformers
     tensors of `model_type`. Tied embeddings are written once (as the input embedding)."""
     C, nh, hs = cfg.n_embd, cfg.heads, cfg.head_size
     out: dict[str, torch.Tensor] = {}
@@ -350,3 +350,21 @@ def from_hf(hf: dict, cfg: GPTConfig, model_type: str) -> dict[str, torch.Tensor
     if left:
         raise UnsupportedModelError(f"weights tianci has no place for: {left[:4]}", param=left[0])
     return sd
+
+
+def convert_attention_state(sd: dict, cfg: GPTConfig, to: str) -> dict:
+    """Map weights between the loop ("heads.{i}.query/key/value") and fused ("c_attn") layouts,
+    so the two implementations can be compared with identical weights."""
+    out, nh, hs = dict(sd), cfg.heads, cfg.head_size
+    for i in range(cfg.n_layer):
+        p = f"h.{i}.attn."
+        if to == "sdpa" and f"{p}heads.0.query.weight" in out:
+            ws = [torch.cat([out.pop(f"{p}heads.{h}.{n}.weight") for h in range(nh)])
+                  for n in ("query", "key", "value")]
+            out[f"{p}c_attn.weight"] = torch.cat(ws)
+        elif to == "loop" and f"{p}c_attn.weight" in out:
+            q, k, v = out.pop(f"{p}c_attn.weight").split(cfg.n_embd)
+            for n, w in (("query", q), ("key", k), ("value", v)):
+                for h in range(nh):
+                    out[f"{p}heads.{h}.{n}.weight"] = w[h * hs:(h + 1) * hs].clone()
+    return out

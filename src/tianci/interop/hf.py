@@ -22,7 +22,8 @@ import torch
 from .. import checkpoint as ck
 from ..config import Preset, from_dict, to_dict
 from ..errors import TianciError
-from ..model import GPT, convert_attention_state
+from ..model import GPT
+from .arch import convert_attention_state
 from . import arch
 from .tokens import TOKENIZER_CONFIG, from_hf_tokenizer_json, hf_tokenizer_json
 
