@@ -296,3 +296,28 @@ def test_bad_run_files_are_one_line(run, tmp_path, tiny_data, capsys, case):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert want in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_recipe_parameters_survive_save_and_load(tiny_data, tmp_path, capsys):
+    """Guards the x0 / residual lambdas and value embeddings (issue 16) being dropped or left at
+    their init by a checkpoint: the trained values written by `train` come back from load_run,
+    and the loaded model computes what the saved weights say."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    assert main(["train", *tiny_flags(tiny_data, "--x0-lambdas", "--value-embeds", "--n-layer", "2"),
+                 "--out", str(run), "--max-iters", "2"]) == 0
+    capsys.readouterr()
+    saved = load_file(str(run / "best.safetensors"))
+    assert {"resid_lambdas", "x0_lambdas", "value_embeds.1.weight"} <= set(saved)
+    assert saved["x0_lambdas"].abs().sum() > 0 and saved["value_embeds.1.weight"].abs().sum() > 0  # trained
+    loaded = load_run(run)
+    cfg = loaded.preset.model
+    assert cfg.x0_lambdas and cfg.value_embeds
+    sd = loaded.model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in saved.items())
+    fresh = GPT(cfg).eval()
+    fresh.load_state_dict(saved, strict=not cfg.tie_embeddings)
+    idx = torch.randint(0, cfg.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(idx)[0], fresh(idx)[0])

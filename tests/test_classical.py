@@ -182,3 +182,31 @@ def test_init_from_maps_the_vocabulary_by_character_and_records_the_source(tmp_p
     bpe_tok = DataDir(tmp_path / "bpe").tokenizer()
     with pytest.raises(VocabMismatch, match=rf"{src.tokenizer.vocab_size} char tokens.*{bpe_tok.vocab_size} bpe"):
         init_weights(GPT(load_run(ft).preset.model), pre, bpe_tok)
+
+
+def test_init_from_maps_value_embeddings_by_character(tmp_path, capsys):
+    """Guards `--init-from` with value_embeds (issue 16): the value embeddings are vocabulary-shaped
+    like wte, so a by-character fine-tune must map their rows too (not refuse the shape, nor copy
+    the pretraining vocabulary's rows onto the wrong characters)."""
+    from tianci.checkpoint import load_run
+    from tianci.finetune import init_weights
+    from tianci.model import GPT
+
+    root = write_poetry(tmp_path / "poetry", song=False)
+    _prepare(["--source", str(root), "--corpus", "classical", "--out", str(tmp_path / "cl")], capsys)
+    _prepare(["--source", str(root), "--out", str(tmp_path / "ci")], capsys)
+    pre = tmp_path / "pre"
+    assert main(["train", *tiny_flags(tmp_path / "cl", "--block-size", "8", "--n-layer", "1", "--value-embeds"),
+                 "--out", str(pre), "--max-iters", "2"]) == 0
+    capsys.readouterr()
+    src, ci_tok = load_run(pre), DataDir(tmp_path / "ci").tokenizer()
+    cfg = src.preset.model
+    cfg.vocab_size = ci_tok.vocab_size
+    model = GPT(cfg)
+    rec = init_weights(model, pre, ci_tok)
+    assert rec.how == "by character" and model.value_embeds["0"].weight.shape[0] == ci_tok.vocab_size
+    stoi = {src.tokenizer.token_text(i): i for i in range(src.tokenizer.vocab_size)}
+    table, src_table = model.value_embeds["0"].weight, src.model.value_embeds["0"].weight
+    assert src_table.abs().sum() > 0  # trained off its zero init, so a wrong row would show
+    for i in range(ci_tok.vocab_size):
+        assert torch.equal(table[i], src_table[stoi[ci_tok.token_text(i)]])

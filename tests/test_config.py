@@ -82,6 +82,8 @@ def test_shared_flag_name_reaches_every_section():
     (["--min-lr", "0.1", "--learning-rate", "0.01"], "min_lr", "<= learning_rate"),
     (["--grad-accum", "0"], "grad_accum", "1..65536"),
     (["--order", "9"], "order", "1..8"),
+    (["--cooldown-frac", "0"], "cooldown_frac", "0 < cooldown_frac <= 1"),
+    (["--value-embeds", "--attn", "none"], "value_embeds", "attn='none'"),
 ])
 def test_validation_errors_name_field_and_range(argv, field, allowed):
     """Guards: a bad value that fails deep inside torch (or trains silently: inf learning rate,

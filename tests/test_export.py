@@ -184,6 +184,8 @@ def test_export_import_round_trip_is_bit_identical(case, runs, tmp_path):
     ("ci-cpu", {"qk_norm": True}, "qk_norm"),
     ("nanogpt-cpu", {"mlp_act": "swiglu"}, "mlp_act"),
     ("nanogpt-cpu", {"pos": "rope"}, "pos"),
+    ("ci-cpu", {"x0_lambdas": True}, "x0_lambdas"),  # issue 16: to_hf would drop the lambdas silently
+    ("nanogpt-cpu", {"value_embeds": True}, "value_embeds"),
 ])
 def test_unexportable_config_is_refused_naming_the_switch(preset, switches, param):
     """Guards the refusal: a config no architecture represents exactly raises ExportError whose

@@ -82,6 +82,9 @@ MODERN = {
     "softcap": dict(logit_softcap=10.0),
     "all": dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_embeddings=True,
                 zero_init_proj=True, logit_softcap=15.0, bias=False),
+    "x0_lambdas": dict(x0_lambdas=True),
+    "value_embeds": dict(value_embeds=True),
+    "recipe-loop": dict(x0_lambdas=True, value_embeds=True, attn_impl="loop", pos="rope", norm="rmsnorm"),
 }
 
 
@@ -224,3 +227,64 @@ def test_missing_device_is_a_parameter_error(monkeypatch):
         with pytest.raises(ParameterError) as e:
             compute_init(spec, ddp=False)
         assert e.value.param == "device" and "cpu" in e.value.allowed
+
+
+# ----------------------------------------------------------------------------- the recipe switches (issue 16)
+
+RECIPE = ("resid_lambdas", "x0_lambdas", "value_embeds")  # the parameter names x0_lambdas / value_embeds add
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "loop"])
+def test_recipe_switches_start_as_the_plain_model(impl):
+    """Guards x0_lambdas / value_embeds changing the model at init (lambdas not 1 and 0, value
+    embeddings not zero) or drawing random numbers that shift every other weight of the seed's
+    model: an A/B of the switch would then measure a different initialisation too."""
+    torch.manual_seed(0)
+    plain = GPT(tiny_cfg(attn_impl=impl, n_layer=3))
+    torch.manual_seed(0)
+    both = GPT(tiny_cfg(attn_impl=impl, n_layer=3, x0_lambdas=True, value_embeds=True))
+    sp, sb = plain.state_dict(), both.state_dict()
+    assert all(torch.equal(sp[k], sb[k]) for k in sp)
+    extra = sorted(set(sb) - set(sp))
+    assert extra == ["resid_lambdas", "value_embeds.0.weight", "value_embeds.2.weight", "x0_lambdas"]
+    assert sb["resid_lambdas"].tolist() == [1.0] * 3 and sb["x0_lambdas"].tolist() == [0.0] * 3
+    x = torch.randint(0, V, (2, 16))
+    assert torch.equal(plain(x, x)[0], both(x, x)[0])
+
+
+def test_recipe_parameters_sit_in_the_right_optimizer_groups():
+    """Guards the lambdas being weight-decayed toward 0 (resid_lambda decayed to 0 cuts the residual
+    stream) or handed to Muon (it orthogonalises matrices, not scalars or embedding tables)."""
+    model = GPT(tiny_cfg(x0_lambdas=True, value_embeds=True))
+    named = dict(model.named_parameters())
+    scalars = {id(named["resid_lambdas"]), id(named["x0_lambdas"])}
+    tables = {id(p) for n, p in named.items() if n.startswith("value_embeds.")}
+    assert len(tables) == 1  # n_layer=2: the last layer only
+    (adamw,) = build_optimizers(model, TrainConfig(weight_decay=0.1), "cpu")
+    for g in adamw.param_groups:
+        ids = {id(p) for p in g["params"]}
+        assert (scalars <= ids) == (g["weight_decay"] == 0.0) and (tables <= ids) == (g["weight_decay"] > 0)
+    muon, rest = build_optimizers(model, TrainConfig(optimizer="muon"), "cpu")
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    assert not (scalars | tables) & in_muon
+    assert (scalars | tables) <= {id(p) for g in rest.param_groups for p in g["params"]}
+
+
+def test_recipe_parameter_and_flop_counts():
+    """Guards num_params / flops_per_token miscounting the recipe switches: a value embedding is a
+    lookup (V x C per table, no matmul FLOPs, not a non-embedding parameter), the lambdas two
+    scalars per layer."""
+    plain = GPT(tiny_cfg(n_layer=4))
+    both = GPT(tiny_cfg(n_layer=4, x0_lambdas=True, value_embeds=True))
+    assert both.num_params(non_embedding=False) == plain.num_params(non_embedding=False) + 2 * V * 32 + 2 * 4
+    assert both.num_params() == plain.num_params() + 2 * 4
+    assert both.flops_per_token() == plain.flops_per_token()
+
+
+def test_value_embeds_need_attention():
+    """Guards value_embeds=True on a model without attention building tables nothing reads."""
+    from tianci.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        tiny_cfg(value_embeds=True, attn="none").validate()
+    assert e.value.param == "value_embeds"

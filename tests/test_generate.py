@@ -25,14 +25,28 @@ CONFIGS = {
     "rope-qknorm-sdpa": dict(pos="rope", qk_norm=True, attn_impl="sdpa", norm="rmsnorm"),
     "rope-loop-single": dict(pos="rope", attn="single", attn_impl="loop"),
     "bigram": dict(pos="none", attn="none", mlp=False),
+    # the recipe switches (issue 16), their parameters moved off the plain model's 1 / 0 / zero init
+    "recipe-rope-sdpa": dict(pos="rope", norm="rmsnorm", x0_lambdas=True, value_embeds=True, attn_impl="sdpa"),
+    "recipe-learned-loop": dict(pos="learned", x0_lambdas=True, value_embeds=True, attn_impl="loop"),
 }
+
+
+def perturb_recipe(m: GPT) -> GPT:
+    """Give the lambdas and value embeddings values a plain model cannot have (at init they make it
+    the plain model, and an equivalence test would not see them)."""
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.startswith(("resid_lambdas", "x0_lambdas", "value_embeds")):
+                p.copy_(0.5 + 0.5 * torch.randn(p.shape, generator=g))
+    return m
 
 
 def make_model(name: str, block_size: int = 16, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=V, block_size=block_size, n_layer=2, n_head=4, n_embd=32, init_std=0.3,
                     **CONFIGS[name])
-    return GPT(cfg).eval()
+    return perturb_recipe(GPT(cfg)).eval()
 
 
 def prompt(B: int, T: int, seed: int = 1) -> torch.Tensor:
@@ -45,7 +59,8 @@ def prompt(B: int, T: int, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("chunks", [(5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1), (1,) * 16, (7, 4, 5), (16,)])
 def test_cached_logits_equal_full_forward(name, chunks):
     """Guards: a KV cache that writes keys at the wrong offset, forgets RoPE's position offset,
-    masks a chunk's queries wrongly, or loses learned positions: the logits of every position
+    masks a chunk's queries wrongly, loses learned positions, or caches values without their value
+    embedding or reads x0 of the wrong positions (the recipe configs): the logits of every position
     computed through the cache (prefill + one token at a time, or chunked) must equal one full
     forward pass."""
     m = make_model(name)
@@ -420,12 +435,15 @@ def test_sampler_matches_the_softmax_distribution():
 def test_compiled_decoding_matches_eager():
     """Guards the fixed-shape decode step (GPT.decode_step, compiled by tianci.decode) computing
     another function than the eager KV-cache path: masks, RoPE at a tensor position, the in-place
-    cache write. Same greedy tokens, and the step's logits equal forward's."""
+    cache write, the value embeddings and x0 lambdas (a graph break or a stale table). Same greedy
+    tokens, and the step's logits equal forward's."""
     from tianci.decode import CompiledDecoder
 
-    for pos in ("learned", "rope"):
+    recipe = dict(x0_lambdas=True, value_embeds=True)  # issue 16: the value embedding and the lambdas, compiled
+    for pos, extra in (("learned", {}), ("rope", {}), ("rope", recipe)):
         torch.manual_seed(0)
-        m = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, pos=pos)).eval()
+        m = perturb_recipe(GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, pos=pos,
+                                         **extra))).eval()
         idx = prompt(2, 3)
         with torch.no_grad():
             full = m(torch.cat([idx, prompt(2, 5)], 1))[0]

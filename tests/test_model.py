@@ -142,13 +142,21 @@ def test_too_long_sequence_is_rejected():
     ("multi", {"qk_norm": True, "pos": "rope"}),
     ("single", {"pos": "rope", "qk_norm": True, "proj": False}),
     ("multi", {"dropout": 0.2, "norm": "rmsnorm", "mlp_act": "swiglu"}),
+    ("multi", {"value_embeds": True, "x0_lambdas": True, "n_layer": 3}),
+    ("single", {"value_embeds": True, "pos": "rope"}),
 ])
 def test_loop_and_sdpa_attention_agree(attn, extra):
     """Guards: the tutorial's per-head loop and the fused QKV + SDPA path computing different
-    functions (head order in c_attn, scale, mask, RoPE/QK-norm applied differently)."""
-    base = dict(vocab_size=V, block_size=24, n_layer=2, n_head=4, n_embd=32, attn=attn, init_std=0.2, **extra)
+    functions (head order in c_attn, scale, mask, RoPE/QK-norm applied differently, each head's
+    slice of the value embedding)."""
+    base = dict(vocab_size=V, block_size=24, n_layer=2, n_head=4, n_embd=32, attn=attn, init_std=0.2)
+    base.update(extra)
     torch.manual_seed(5)
     loop = GPT(GPTConfig(**base, attn_impl="loop")).eval()
+    with torch.no_grad():  # the recipe's parameters off their init (1 / 0 / zero: the plain model)
+        for n, p in loop.named_parameters():
+            if n.startswith(("resid_lambdas", "x0_lambdas", "value_embeds")):
+                p.normal_(0.5, 0.5)
     sdpa = GPT(GPTConfig(**base, attn_impl="sdpa")).eval()
     sd = convert_attention_state(loop.state_dict(), loop.config, to="sdpa")
     sdpa.load_state_dict(sd)  # strict: the conversion must produce exactly sdpa's keys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -284,3 +285,70 @@ def test_slow_machine_advice_says_what_it_costs():
     assert "~171 steps instead of ~1,711" in msg and "worse model" in msg
     msg = slow_advice(768.0, 7680.0, 0, 1000, 0, 0.0, 768)
     assert "1,000 steps take ~17 min instead of ~100 s" in msg
+
+
+# ----------------------------------------------------------------------------- the learning-rate schedule
+
+def test_wsd_schedule_warmup_plateau_cooldown_end_in_steps_and_time():
+    """Guards lr_schedule="wsd" (issue 16): a cooldown that starts at the wrong point of the budget,
+    does not reach min_lr at its end, is not linear, or follows steps on a time-budgeted run (it
+    must follow the clock, as cosine does); and the default cosine schedule changing under it."""
+    from tianci.config import TrainConfig
+    from tianci.optim import lr_multiplier, schedule_progress
+
+    tc = TrainConfig(lr_schedule="wsd", cooldown_frac=0.4, warmup_iters=10, max_iters=110,
+                     learning_rate=1e-3, min_lr=1e-4).validate()
+    floor = 0.1
+    assert lr_multiplier(0, tc) == pytest.approx(1 / 11) and lr_multiplier(9, tc) == pytest.approx(10 / 11)
+    for step in (10, 40, 70):  # the plateau: the 60 steps after warmup before the last 40% of the span (100)
+        assert lr_multiplier(step, tc) == 1.0
+    assert lr_multiplier(90, tc) == pytest.approx(floor + (1 - floor) * 0.5)  # halfway down the cooldown
+    assert lr_multiplier(80, tc) == pytest.approx(floor + (1 - floor) * 0.75)  # a straight line
+    assert lr_multiplier(110, tc) == pytest.approx(floor) and lr_multiplier(500, tc) == pytest.approx(floor)
+    # a time budget: the schedule follows the clock, whatever the step count says
+    tt = TrainConfig(lr_schedule="wsd", cooldown_frac=0.5, warmup_iters=2, max_time=100.0, max_iters=10**9,
+                     learning_rate=1e-3, min_lr=0.0).validate()
+    at = lambda step, elapsed: lr_multiplier(step, tt, schedule_progress(tt, step, elapsed))  # noqa: E731
+    assert at(0, 0.0) == pytest.approx(1 / 3)  # warmup is in steps either way
+    assert at(50, 10.0) == 1.0 and at(10**6, 49.0) == 1.0  # plateau: many steps, little time
+    assert at(7, 75.0) == pytest.approx(0.5)  # mid-cooldown: few steps, much time
+    assert at(8, 100.0) == 0.0 and at(9, 130.0) == 0.0
+    # cooldown_frac=1: a straight line from the end of warmup (no plateau)
+    assert lr_multiplier(60, TrainConfig(lr_schedule="wsd", cooldown_frac=1.0, warmup_iters=10, max_iters=110,
+                                         min_lr=0.0)) == pytest.approx(0.5)
+    # the default is the cosine schedule, unchanged
+    cos = TrainConfig(warmup_iters=10, max_iters=110, learning_rate=1e-3, min_lr=1e-4)
+    assert cos.lr_schedule == "cosine"
+    assert lr_multiplier(60, cos) == pytest.approx(floor + (1 - floor) * 0.5)
+    assert lr_multiplier(85, cos) == pytest.approx(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 0.75)))
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5])
+def test_cooldown_frac_out_of_range_is_refused(value):
+    """Guards: cooldown_frac=0 dividing by zero in the schedule, or a fraction past the budget."""
+    from tianci.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(lr_schedule="wsd", cooldown_frac=value).validate()
+    assert e.value.param == "cooldown_frac" and "0 < cooldown_frac <= 1" in str(e.value)
+
+
+def test_trainer_follows_the_wsd_schedule(tiny_data, tmp_path, capsys):
+    """Guards the trainer not using the one schedule function (lr_multiplier) for wsd: the logged
+    learning rate of each step is warmup, the plateau at learning_rate, then the linear cooldown."""
+    from tianci.config import TrainConfig
+    from tianci.optim import lr_multiplier
+
+    run = tmp_path / "run"
+    assert main(["train", *tiny_flags(tiny_data), "--out", str(run), "--max-iters", "8", "--n-layer", "1",
+                 "--learning-rate", "0.01", "--min-lr", "0.001", "--lr-schedule", "wsd",
+                 "--cooldown-frac", "0.5"]) == 0
+    cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))["preset"]["train"]
+    assert cfg["lr_schedule"] == "wsd" and cfg["cooldown_frac"] == 0.5
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in recs if not r.get("eval")]
+    tc = TrainConfig(max_iters=8, warmup_iters=2, learning_rate=0.01, min_lr=0.001, lr_schedule="wsd",
+                     cooldown_frac=0.5)
+    want = [0.01 * lr_multiplier(s, tc) for s in range(8)]
+    assert lrs == pytest.approx(want)
+    assert max(lrs) == pytest.approx(0.01) and lrs.count(max(lrs)) >= 2 and lrs[-1] < lrs[-2] < 0.01

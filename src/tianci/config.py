@@ -93,6 +93,7 @@ class GPTConfig:
 
     Past the ladder, for ci: form="clause" (SongNet's format symbols, tianci.formpos) tells the model at
     every position how many characters its clause has left and what ends it; off on every rung.
+    From the speedruns (modded-nanogpt, nanochat), also off on every rung: x0_lambdas, value_embeds.
     """
 
     vocab_size: int = _f(0, "tokens in the vocabulary; 0 = the data's tokenizer (any other value must equal it)",
@@ -127,6 +128,10 @@ class GPTConfig:
                    choices=("full", "adaptive"))
     head_cutoffs: str = _f("", "adaptive head: comma-separated frequency-rank cluster cutoffs; empty = V/12, V/3")
     init_std: float = _f(0.02, "standard deviation of the normal weight init", lo=0.0, hi=1.0, lo_open=True)
+    x0_lambdas: bool = _f(False, "each block reads resid_lambda * x + x0_lambda * x0 (x0: the embeddings the "
+                          "first block reads), two learned scalars per layer starting at 1 and 0 (modded-nanogpt)")
+    value_embeds: bool = _f(False, "value embeddings: a learned lookup of the input tokens added to the attention "
+                            "values in every other layer, the last included (nanochat); zero at init")
     # --- ci ---
     form: str = _f("none", "form-aware inputs: clause = embeddings, at every position, of how many characters "
                    "the clause has left and what ends it (，/。/newline), read off each poem's punctuation in "
@@ -146,6 +151,8 @@ class GPTConfig:
         if self.attn == "multi":
             _check(self.n_embd % self.n_head == 0, "n_head", self.n_head,
                    f"a divisor of n_embd={self.n_embd}")
+        if self.value_embeds:
+            _check(self.attn != "none", "value_embeds", True, "false with attn='none' (there are no values)")
         if self.pos == "rope" and self.attn != "none":
             hs = self.head_size
             _check(hs % 2 == 0, "pos", self.pos, f"'rope' needs an even head size (got {hs})")
@@ -181,9 +188,14 @@ class TrainConfig:
     target_loss: float = _f(0.0, "stop at the first evaluation whose val loss (nats/char) is at or below this; "
                             "0 = off (the schedule is unchanged: a speedrun's target)", lo=0.0)
     learning_rate: float = _f(3e-4, "peak learning rate (after warmup)", lo=0.0, lo_open=True)
-    min_lr: float = _f(3e-5, "learning rate at the end of the cosine decay (<= learning_rate)", lo=0.0)
+    min_lr: float = _f(3e-5, "learning rate at the end of the decay (<= learning_rate)", lo=0.0)
     warmup_iters: int = _f(100, "steps of linear warmup", lo=0)
-    lr_decay_iters: int = _f(0, "steps of cosine decay; 0 = max_iters", lo=0)
+    lr_decay_iters: int = _f(0, "step at which the decay ends (warmup included); 0 = max_iters", lo=0)
+    lr_schedule: str = _f("cosine", "after warmup: cosine (decay to min_lr over the whole budget) or wsd "
+                          "(warmup-stable-decay: constant at learning_rate, then a linear cooldown to min_lr over "
+                          "the last cooldown_frac of the budget; modded-nanogpt, nanochat)", choices=("cosine", "wsd"))
+    cooldown_frac: float = _f(0.4, "lr_schedule=wsd: the fraction of the budget (steps after warmup, or max_time) "
+                              "spent in the linear cooldown", lo=0.0, hi=1.0, lo_open=True)
     weight_decay: float = _f(0.1, "AdamW weight decay on matrices and embeddings", lo=0.0)
     beta1: float = _f(0.9, "AdamW beta1", lo=0.0, hi=1.0, hi_open=True)
     beta2: float = _f(0.95, "AdamW beta2", lo=0.0, hi=1.0, hi_open=True)

@@ -18,7 +18,12 @@ from pathlib import Path
 from .checkpoint import Run
 from .errors import RunError
 
-VOCAB_KEYS = ("wte.weight", "lm_head.weight")  # the only vocabulary-shaped tensors of a GPT
+VOCAB_KEYS = ("wte.weight", "lm_head.weight")  # the vocabulary-shaped tensors of every GPT
+
+
+def _is_vocab(key: str) -> bool:
+    """A tensor with one row per token: wte, lm_head, and the value embeddings (value_embeds=True)."""
+    return key in VOCAB_KEYS or key.startswith("value_embeds.")
 
 
 class VocabMismatch(RunError):
@@ -66,7 +71,7 @@ def init_weights(model, run_dir, tokenizer) -> InitFrom:
             f"({tokenizer.vocab_size} {tokenizer.kind} tokens) and only character vocabularies map onto each other",
             param="init_from", allowed="a run trained with the same tokenizer, or char tokenizers on both sides",
             hints={"cli": "prepare the fine-tuning data with the char tokenizer"})
-    bad = [k for k in own if k not in src_sd or (k not in VOCAB_KEYS and src_sd[k].shape != own[k].shape)]
+    bad = [k for k in own if k not in src_sd or (not _is_vocab(k) and src_sd[k].shape != own[k].shape)]
     if bad:
         raise RunError(f"--init-from {run_dir}: its model does not fit this one ({', '.join(bad[:3])}): the model "
                        "comes from the source run's config and its flags cannot change", param="init_from")
@@ -84,7 +89,7 @@ def init_weights(model, run_dir, tokenizer) -> InitFrom:
                                     f"is among the run's {src_tok.vocab_size}", param="init_from")
             index = torch.tensor([max(r, 0) for r in rows])
             for k, v in src_sd.items():
-                if k in VOCAB_KEYS:  # the target's rows by character; a new character keeps its fresh init
+                if _is_vocab(k):  # the target's rows by character; a new character keeps its fresh init
                     own[k][keep] = v[index][keep].to(own[k])
                 else:
                     own[k].copy_(v)

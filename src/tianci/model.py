@@ -5,7 +5,9 @@ bigram -> +position -> +self-attention -> +multi-head -> +feed-forward -> +block
 the same function: the tutorial's readable loop (one `Head` module per head) and a fused QKV
 projection + `F.scaled_dot_product_attention`. Modern options (RoPE, RMSNorm, QK-norm, ReLU^2 /
 SwiGLU, tied embeddings, zero-init projections, logit soft-capping) are switches too, and so is
-the form-aware input of a ci model (form="clause": tianci.formpos).
+the form-aware input of a ci model (form="clause": tianci.formpos), and two recipe items of the
+speedruns: x0 / residual lambdas and value embeddings (x0_lambdas, value_embeds). The attention
+modules are in tianci.attention.
 
 Every model honours one contract: forward(idx, targets=None) -> (logits, loss).
 Shapes: B = batch, T = time (tokens), C = n_embd, V = vocab, nh = heads, hs = head size.
@@ -21,6 +23,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from . import formpos
+from .attention import FusedAttention, Head, LoopAttention  # noqa: F401  (re-exported: model.FusedAttention)
 from .config import GPTConfig
 from .losses import AdaptiveHead, linear_cross_entropy
 
@@ -53,146 +56,6 @@ class KVCache:
         view = copy.copy(self)
         view.k, view.v, view.pos = self.k[:, i:i + 1], self.v[:, i:i + 1], 0
         return view
-
-
-def _rope(x: torch.Tensor, pos0) -> torch.Tensor:
-    """Rotary position embedding on (..., T, hs): rotate pairs of channels by position-dependent
-    angles, so q.k depends only on the distance between tokens."""
-    T, hs = x.shape[-2], x.shape[-1]
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))
-    # pos0: an int, or per-row positions shaped to broadcast over x's leading dims (GPT.decode_step)
-    t = torch.arange(T, device=x.device, dtype=torch.float32) + pos0
-    freqs = t[..., None] * inv_freq  # (T, hs/2), or (B, ..., T, hs/2) per row
-    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
-
-
-def _causal_mask(T: int, L: int, pos0: int, device) -> torch.Tensor:
-    """(T, L) boolean: query i (absolute position pos0+i) may see key j iff j <= pos0+i."""
-    return torch.ones(T, L, dtype=torch.bool, device=device).tril(diagonal=pos0)
-
-
-def _fixed_attention(q, k, v, k_cache, v_cache, pos):
-    """The fixed-shape decoding step's attention (GPT.decode_step): q, k, v (B, [nh,] 1, hs) of one
-    new token per row, caches (B, [nh,] L, hs), pos (B,) each row's position. Store each row's key
-    and value at its own position, attend over the whole cache, mask what lies past the row: every
-    shape is fixed (torch.compile makes one graph) and rows at different positions share one step."""
-    rows = torch.arange(q.size(0), device=q.device)
-    k_cache[rows, ..., pos, :] = k[..., 0, :]  # index_put_: an in-place store, also when compiled
-    v_cache[rows, ..., pos, :] = v[..., 0, :]
-    # The tutorial's formula, written out: for one query over a short cache, compiled elementwise
-    # code beats the fused SDPA kernel's per-call setup (~0.1 ms per layer on this CPU).
-    wei = (q @ k_cache.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, [nh,] 1, L)
-    future = torch.arange(k_cache.size(-2), device=q.device) > pos.view(-1, *[1] * (q.dim() - 1))
-    return wei.masked_fill(future, float("-inf")).softmax(dim=-1) @ v_cache  # (B, [nh,] 1, hs)
-
-
-def _row_positions(pos: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B,) positions shaped (B, 1, ..., 1) to broadcast over x's (B, ..., T) leading dims in _rope."""
-    return pos.view(-1, *[1] * (x.dim() - 2))
-
-
-def _qk_prepare(q, k, cfg: GPTConfig, pos0: int):
-    if cfg.qk_norm:  # normalise queries and keys so attention logits cannot blow up
-        q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-    if cfg.pos == "rope":
-        q, k = _rope(q, pos0), _rope(k, pos0)
-    return q, k
-
-
-class Head(nn.Module):
-    """One head of self-attention, written out as in the tutorial."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.cfg, hs = cfg, cfg.head_size
-        self.key = nn.Linear(cfg.n_embd, hs, bias=False)
-        self.query = nn.Linear(cfg.n_embd, hs, bias=False)
-        self.value = nn.Linear(cfg.n_embd, hs, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
-        B, T, C = x.shape
-        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, hs) each
-        if fixed:  # GPT.decode_step: one token per row, pos0 (B,) each row's position
-            q, k = _qk_prepare(q, k, self.cfg, _row_positions(pos0, q))
-            return _fixed_attention(q, k, v, kv[0], kv[1], pos0)
-        q, k = _qk_prepare(q, k, self.cfg, pos0)
-        if kv is not None:  # kv: this head's (B, max_len, hs) cache views
-            kv[0][:, pos0:pos0 + T] = k
-            kv[1][:, pos0:pos0 + T] = v
-            k, v = kv[0][:, :pos0 + T], kv[1][:, :pos0 + T]
-        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5  # (B, T, L): how much each token attends to each
-        wei = wei.masked_fill(~_causal_mask(T, k.shape[1], pos0, x.device), float("-inf"))
-        wei = self.dropout(F.softmax(wei, dim=-1))
-        return wei @ v  # (B, T, hs)
-
-
-class LoopAttention(nn.Module):
-    """Multi-head attention as the tutorial writes it: run each Head, concatenate (one head when attn="single")."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.heads = nn.ModuleList(Head(cfg) for _ in range(cfg.heads))
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.proj else None
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
-
-    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
-        out = torch.cat([h(x, None if kv is None else (kv[0][:, i], kv[1][:, i]), pos0, fixed)
-                         for i, h in enumerate(self.heads)], dim=-1)  # (B, T, C)
-        if self.c_proj is not None:
-            out = self.c_proj(out)
-        return self.dropout(out)
-
-
-class FusedAttention(nn.Module):
-    """The same function with one QKV matmul and PyTorch's fused scaled_dot_product_attention."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias) if cfg.proj else None
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.proj else nn.Identity()
-
-    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
-        """x (B, T, C); kv: this layer's (k, v) caches (B, nh, max_len, hs) or None; pos0: where x starts.
-        fixed=False: any T, attending over the cache up to pos0+T (training, prefill, the eager cache).
-        fixed=True (GPT.decode_step): see `_fixed_step`."""
-        if fixed:
-            return self._fixed_step(x, kv[0], kv[1], pos0)
-        B, T, C = x.shape
-        nh = self.cfg.heads
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        q, k = _qk_prepare(q, k, self.cfg, pos0)
-        if kv is not None:  # kv: this layer's (B, nh, max_len, hs) caches
-            kv[0][:, :, pos0:pos0 + T] = k
-            kv[1][:, :, pos0:pos0 + T] = v
-            k, v = kv[0][:, :, :pos0 + T], kv[1][:, :, :pos0 + T]
-        p = self.cfg.dropout if self.training else 0.0
-        if pos0 == 0 or T == 1:  # plain causal (prefill) or one new query seeing every cached key
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=T > 1)
-        else:
-            mask = _causal_mask(T, k.shape[2], pos0, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        if self.c_proj is not None:
-            y = self.c_proj(y)
-        return self.dropout(y)
-
-    def _fixed_step(self, x, k_cache, v_cache, pos):
-        """One new token per row, row b at position pos[b] ((B,) long tensor), over the whole
-        preallocated cache (see _fixed_attention). Eval mode only."""
-        B, T, C = x.shape  # T == 1
-        nh = self.cfg.heads
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, 1, hs)
-        q, k = _qk_prepare(q, k, self.cfg, _row_positions(pos, q))
-        y = _fixed_attention(q, k, v, k_cache, v_cache, pos).transpose(1, 2).reshape(B, T, C)  # (B, 1, C)
-        return self.c_proj(y) if self.c_proj is not None else y
 
 
 class MLP(nn.Module):
@@ -246,14 +109,21 @@ class Block(nn.Module):
         self.ln_2 = _norm(cfg) if cfg.mlp else None
         self.mlp = MLP(cfg) if cfg.mlp else None
 
-    def forward(self, x, kv=None, pos0=0, fixed: bool = False):
+    def forward(self, x, kv=None, pos0=0, fixed: bool = False, ve=None):
         if self.attn is not None:
-            a = self.attn(self.ln_1(x), kv, pos0, fixed)
+            a = self.attn(self.ln_1(x), kv, pos0, fixed, ve)  # ve: GPT's value embedding for this layer, or None
             x = x + a if self.residual else a  # residual: gradients flow straight down the stack
         if self.mlp is not None:
             m = self.mlp(self.ln_2(x))
             x = x + m if self.residual else m
         return x
+
+
+def value_embed_layers(cfg: GPTConfig) -> list[int]:
+    """The layers with a value embedding: every other one, counted back from the last (nanochat).
+    Each table is V x C, as large as wte: one per layer would multiply the embedding parameters by
+    n_layer; half of them, the last layer always included, is nanochat's trade."""
+    return [i for i in range(cfg.n_layer) if (cfg.n_layer - 1 - i) % 2 == 0] if cfg.value_embeds else []
 
 
 class GPT(nn.Module):
@@ -274,6 +144,12 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         has_block = cfg.attn != "none" or cfg.mlp
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer if has_block else 0))
+        # x0_lambdas: block i reads resid_lambdas[i] * x + x0_lambdas[i] * x0 (see _block_input);
+        # 1-D, so AdamW does not decay them (optim._adamw) and Muon never takes them
+        self.resid_lambdas = self.x0_lambdas = None
+        if cfg.x0_lambdas:
+            self.resid_lambdas = nn.Parameter(torch.ones(len(self.h)))
+            self.x0_lambdas = nn.Parameter(torch.zeros(len(self.h)))
         self.ln_f = _norm(cfg)
         if cfg.head == "adaptive":  # adaptive softmax: cheap for rare tokens (losses.AdaptiveHead)
             self.lm_head = AdaptiveHead(cfg.n_embd, cfg.vocab_size, cfg.adaptive_cutoffs())
@@ -290,6 +166,11 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:  # GPT-2: scale residual projections by depth
                     nn.init.normal_(p, 0.0, cfg.init_std / math.sqrt(2 * max(1, cfg.n_layer)))
+        # value_embeds: a (V, C) table per chosen layer, keyed by layer; outside h.* so Muon leaves them to AdamW.
+        # Zero, as the form embeddings: the model starts as the plain one. Made last, drawing no random
+        # numbers, so a seed gives the plain model's very weights (an A/B measures the switch alone)
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding.from_pretrained(
+            torch.zeros(cfg.vocab_size, cfg.n_embd), freeze=False) for i in value_embed_layers(cfg)})
 
     def _init_weights(self, m):
         if isinstance(m, nn.Linear):
@@ -300,9 +181,12 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, 0.0, self.config.init_std)
 
     def num_params(self, non_embedding: bool = True) -> int:
+        """Every parameter; non_embedding: less the lookup tables added to the inputs or values (wpe,
+        form, value embeddings), as nanoGPT counts (wte stays: it is, or is as large as, the head)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= sum(e.weight.numel() for e in (self.wpe, self.form_rem, self.form_end) if e is not None)
+            lookups = (self.wpe, self.form_rem, self.form_end, *self.value_embeds.values())
+            n -= sum(e.weight.numel() for e in lookups if e is not None)
         return n
 
     def new_kv_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
@@ -316,6 +200,19 @@ class GPT(nn.Module):
         form = formpos.unknown(x.size(0), x.size(1), device=x.device) if form is None else form
         return x + self.form_rem(form[..., 0]) + self.form_end(form[..., 1])
 
+    def _block_input(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """What block i reads. x0_lambdas: a learned mix of the stream and x0, the first block's
+        input taken raw, not normed: every block norms its input itself (ln_1), and at 1 and 0 the
+        mix is exactly the plain model's stream (also on the rungs without a norm)."""
+        if self.x0_lambdas is None:
+            return x
+        return self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+
+    def _value_embed(self, i: int, idx: torch.Tensor) -> torch.Tensor | None:
+        """Layer i's value embedding of the tokens idx (B, T) -> (B, T, C), or None."""
+        key = str(i)
+        return self.value_embeds[key](idx) if key in self.value_embeds else None
+
     def hidden(self, idx: torch.Tensor, kv_cache: KVCache | None = None, form: torch.Tensor | None = None):
         """Final hidden states (B, T, C) after ln_f: everything but the vocabulary projection."""
         B, T = idx.shape
@@ -325,10 +222,10 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))  # where each token is
-        x = self.drop(self._add_form(x, form))
+        x = x0 = self.drop(self._add_form(x, form))
         for i, block in enumerate(self.h):
             kv = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
-            x = block(x, kv, pos0)
+            x = block(self._block_input(i, x, x0), kv, pos0, ve=self._value_embed(i, idx))
         if kv_cache is not None:
             kv_cache.advance(T)  # the cache now holds these T positions too
         return self.ln_f(x)
@@ -344,9 +241,9 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, 1, C)
         if self.wpe is not None:
             x = x + self.wpe(pos)[:, None]  # each row's own position
-        x = self._add_form(x, form)
+        x = x0 = self._add_form(x, form)
         for i, block in enumerate(self.h):
-            x = block(x, (k[i], v[i]), pos, fixed=True)
+            x = block(self._block_input(i, x, x0), (k[i], v[i]), pos, fixed=True, ve=self._value_embed(i, idx))
         return self.logits(self.ln_f(x))[:, -1, :]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -383,10 +280,11 @@ class GPT(nn.Module):
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward = 3x forward; 2 FLOPs per multiply-add),
-        counting matmuls and attention scores at full context (nanoGPT / PaLM appendix B)."""
+        counting matmuls and attention scores at full context (nanoGPT / PaLM appendix B). Lookups
+        (wte, wpe, form and value embeddings) are no matmuls; the lambdas' scalings are negligible."""
         cfg = self.config
         n = sum(p.numel() for name, p in self.named_parameters()
-                if p.dim() == 2 and not name.startswith(("wte", "wpe", "form_", "lm_head")))
+                if p.dim() == 2 and not name.startswith(("wte", "wpe", "form_", "value_embeds", "lm_head")))
         head = self.lm_head.flops_per_token() if cfg.head == "adaptive" else 0
         if cfg.head == "full":
             n += self.lm_head.weight.numel()

@@ -108,8 +108,12 @@ class Muon(torch.optim.Optimizer):
 
 
 def lr_multiplier(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
-    """Linear warmup, then cosine decay from learning_rate to min_lr.
+    """Linear warmup, then the decay from learning_rate to min_lr: the one schedule of the trainer
+    and the benchmark (train.train_step).
 
+    lr_schedule="cosine": a cosine over the whole span. lr_schedule="wsd" (warmup-stable-decay):
+    constant at learning_rate, then a straight line down to min_lr over the last cooldown_frac of
+    the span; a constant rate makes fast progress and the cooldown collects it (modded-nanogpt).
     `progress` (0..1) overrides step/lr_decay_iters: time-budgeted runs pass the fraction of
     --max-time used, so the schedule finishes when the budget does."""
     if step < cfg.warmup_iters:
@@ -120,6 +124,9 @@ def lr_multiplier(step: int, cfg: TrainConfig, progress: float | None = None) ->
         progress = (step - cfg.warmup_iters) / span
     progress = min(max(progress, 0.0), 1.0)
     floor = cfg.min_lr / cfg.learning_rate
+    if cfg.lr_schedule == "wsd":
+        left = (1 - progress) / cfg.cooldown_frac  # > 1 before the cooldown, 1 where it starts, 0 at the end
+        return floor + (1 - floor) * min(1.0, left)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

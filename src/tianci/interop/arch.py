@@ -55,6 +55,12 @@ def choose(cfg: GPTConfig) -> str:
     if cfg.form != "none":
         _refuse("form", cfg.form, "none", "a form-aware model adds embeddings of each position's place in its clause "
                 "(tianci.formpos), computed from the text: no transformers or GGUF architecture has them")
+    if cfg.x0_lambdas:  # to_hf maps known tensors only: without this refusal the lambdas would be dropped silently
+        _refuse("x0_lambdas", True, "false", "each block reads a learned mix of the stream and the embeddings "
+                "(resid_lambdas, x0_lambdas): no transformers or GGUF architecture has it")
+    if cfg.value_embeds:
+        _refuse("value_embeds", True, "false", "token embeddings added to the attention values (value_embeds.*): "
+                "no transformers or GGUF architecture has them")
     if cfg.attn == "none":
         _refuse("attn", cfg.attn, "single|multi", f"a model without attention: {none}")
     for name in ("mlp", "residual", "proj"):

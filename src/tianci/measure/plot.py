@@ -170,13 +170,14 @@ def _save(fig, out) -> Path:
 def attention_weights(model, idx, layer: int = 0):
     """softmax(q k^T / sqrt(hs)) of every head of one layer: a (heads, T, T) float tensor.
 
-    Recomputed from the model's own modules (the forward pass does not keep them): run the
-    blocks below `layer`, then that block's query/key projections (loop or fused layout),
+    Recomputed from the model's own modules (the forward pass does not keep them): the model's own
+    forward records what the block at `layer` reads (so every input switch, the x0 lambdas
+    included, is the model's), then that block's query/key projections (loop or fused layout),
     with RoPE / QK-norm applied exactly as in the model."""
     import torch
     from torch.nn import functional as F
 
-    from ..model import FusedAttention, _causal_mask, _qk_prepare
+    from ..attention import FusedAttention, _causal_mask, _qk_prepare
 
     cfg = model.config
     if not 0 <= layer < len(model.h):
@@ -192,12 +193,13 @@ def attention_weights(model, idx, layer: int = 0):
         was = model.training
         model.eval()
         try:
-            x = model.wte(idx)
-            if model.wpe is not None:
-                x = x + model.wpe(torch.arange(T, device=idx.device))
-            for blk in model.h[:layer]:
-                x = blk(x)
-            xin = block.ln_1(x)
+            seen = []
+            hook = block.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+            try:
+                model.hidden(idx)
+            finally:
+                hook.remove()
+            xin = block.ln_1(seen[0])
             attn = block.attn
             if isinstance(attn, FusedAttention):
                 nh, C = cfg.heads, cfg.n_embd
