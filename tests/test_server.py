@@ -128,6 +128,8 @@ BAD = [  # (body, param, words the message must hold)
     ({"prompt": "春", "temperature": "hot"}, "temperature", "number"),
     ({"prompt": "春", "top_p": 0}, "top_p", "(0, 1]"),
     ({"prompt": "春", "top_p": 1.5}, "top_p", "(0, 1]"),
+    ({"prompt": "春", "min_p": 1}, "min_p", "[0, 1)"),
+    ({"prompt": "春", "min_p": -0.1}, "min_p", "[0, 1)"),
     ({"prompt": "春", "n": 0}, "n", "1..3"),
     ({"prompt": "春", "n": 4}, "n", "1..3"),
     ({"prompt": ["春", "秋", "夏"], "n": 3}, "n", "limit of 6"),
@@ -240,6 +242,23 @@ def test_compose_options_and_errors(client):
     err(client.post("/api/compose", json={"cipai": "浣溪沙", "temperature": 3}), 400, "temperature")
     err(client.post("/api/compose", json={"cipai": ""}), 400, "cipai")
     err(client.post("/api/compose", json={}), 400, "cipai")
+
+
+def test_min_p_reaches_the_sampler(client):
+    """Guards min_p (llama.cpp's and vLLM's extension field) accepted and then dropped on the way to the
+    sampler: at 0.999 only the likeliest token survives, so a hot seeded sample is the greedy one, on
+    /v1/completions and on /api/compose (through the constrained decoder and the batched engine)."""
+    def text(body: dict) -> str:
+        r = client.post("/v1/completions", json={"prompt": "春", "max_tokens": 12, **body}).json()
+        return r["choices"][0]["text"]
+    assert text({"temperature": 1.5, "seed": 1}) != text({"temperature": 0})  # hot is not greedy by itself
+    assert {text({"temperature": 1.5, "min_p": 0.999, "seed": s}) for s in (1, 2)} == {text({"temperature": 0})}
+
+    def poem(body: dict) -> str:
+        return client.post("/api/compose", json={"cipai": "浣溪沙", "author": "某", "stream": False, **body}).json()["text"]
+    greedy = poem({"temperature": 0, "seed": 1})
+    assert {poem({"temperature": 1.5, "min_p": 0.999, "seed": s}) for s in (1, 2)} == {greedy}
+    err(client.post("/api/compose", json={"cipai": "浣溪沙", "min_p": 1}), 400, "min_p")
 
 
 def test_without_cipai_data(world):

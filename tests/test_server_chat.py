@@ -88,6 +88,9 @@ def test_chat_composes_through_the_compose_path(client):
         assert got["finish_reason"] == "stop" and a["object"] == "chat.completion" and a["id"].startswith("chatcmpl-")
         assert {**a["compose"][0], "seconds": 0} == {**ref, "seconds": 0}
         assert a["usage"]["completion_tokens"] > len(ref["text"]) and a["usage"]["prompt_tokens"] > 0
+    near_greedy = chat(client, user("十六字令 作者:某"), seed=5, temperature=1.5, min_p=0.999)  # min_p reaches it
+    ref = client.post("/api/compose", json={"cipai": "十六字令", "author": "某", "temperature": 0, "stream": False}).json()
+    assert near_greedy["compose"][0]["text"] == ref["text"]
     two = chat(client, user("十六字令"), seed=5, n=2)
     assert [c["index"] for c in two["choices"]] == [0, 1] and [c["seed"] for c in two["compose"]] == [5, 6]
 
@@ -116,6 +119,7 @@ BAD = [  # (body, status, param)
     ({"messages": user("春" * 150) * 2}, 400, "messages"),
     ({"messages": user("春\u2603")}, 400, "messages[0].content"),
     ({"messages": user("春"), "temperature": 3}, 400, "temperature"),
+    ({"messages": user("春"), "min_p": 1.5}, 400, "min_p"),
     ({"messages": user("春"), "logprobs": True}, 400, "logprobs"),
     ({"messages": user("春"), "max_tokens": 65}, 400, "max_tokens"),
     ({"messages": user("春"), "tools": []}, 400, "tools"),

@@ -67,7 +67,7 @@ def stream(engine: Engine, tokenizer, prompt: str, n: int = 1, opts: SampleOptio
     count()
     for ev in run_rows(engine, ids, n, opts.max_new_tokens, opts.seed, on_token,
                        on_length=lambda r: states[r].finish(), cancelled=cancelled, temperature=opts.temperature,
-                       top_k=opts.top_k, top_p=opts.top_p):
+                       top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p):
         yield ev
         count()
     count()

@@ -8,7 +8,7 @@ at any time, so an `Engine` keeps `max_batch` slots and one loop (vLLM's and lla
 - a new sequence waits in a FIFO queue until a slot is free, then is prefilled into its slot alone
   (batch 1, as `generate` prefills one row);
 - every step runs `GPT.decode_step` once over the occupied slots, each row at its own position;
-- each row samples with its own temperature / top-k / top-p / logits hook (the composer's masks) and
+- each row samples with its own temperature / top-k / top-p / min-p / logits hook (the composer's masks) and
   its own `torch.Generator`, so a seeded row draws the same numbers whatever else is in the batch;
 - a row whose context fills block_size re-reads its last block_size tokens every step, exactly as
   `generate` does (all such rows in one forward); a row that finishes or is cancelled frees its
@@ -69,6 +69,7 @@ class Row:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    min_p: float | None = None
     generator: torch.Generator | None = None
     logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # (1, V) logits, step -> logits
     form_hook: Callable[[int], torch.Tensor] | None = None  # a form model's (2,) ids, step -> ids (generate's)
@@ -290,11 +291,11 @@ class Engine:
             except Exception as e:  # this row's hook failed: only this row ends
                 self._retire(s, "error", e)
                 continue
-            alike.setdefault((row.temperature, row.top_k, row.top_p), []).append((s, lg))
-        for (temperature, top_k, top_p), rows in alike.items():
+            alike.setdefault((row.temperature, row.top_k, row.top_p, row.min_p), []).append((s, lg))
+        for (temperature, top_k, top_p, min_p), rows in alike.items():
             try:
                 toks = next_token(torch.cat([lg for _, lg in rows]), temperature, top_k, top_p,
-                                  [self.slots[s].row.generator for s, _ in rows]).tolist()
+                                  [self.slots[s].row.generator for s, _ in rows], min_p).tolist()
             except Exception as e:  # the sampler's own fault: these rows end
                 for s, _ in rows:
                     self._retire(s, "error", e)

@@ -8,6 +8,7 @@ context is recomputed every step, as in the tutorial. Both give the same tokens.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -16,6 +17,7 @@ from torch.nn import functional as F
 
 from . import formpos
 from .errors import TianciError
+from .sampling import CONTINUE_SAMPLING
 from .tokenizer import StreamDecoder
 
 if TYPE_CHECKING:
@@ -25,8 +27,11 @@ POEM_END = "\n\n"  # the corpus separates poems with a blank line
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
-    """(B, V) logits -> logits with the excluded tokens at -inf. temperature == 0 is greedy."""
+                  top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
+    """(B, V) logits -> logits with the excluded tokens at -inf. temperature == 0 is greedy.
+    min_p keeps the tokens whose probability (after temperature) is at least min_p times the row's
+    largest; top-k and top-p only drop tokens below the largest and keep the ratios of the rest, so the
+    three compose in any order, and the top token always survives."""
     if temperature <= 0:
         keep = logits == logits.max(dim=-1, keepdim=True).values
         # ties: keep only the first maximum so greedy decoding is deterministic
@@ -39,6 +44,11 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and 0 < top_p < 1:
         logits = _top_p(logits, top_p)
+    if min_p is not None and 0 < min_p < 1:
+        # p_i >= min_p * p_max  <=>  logit_i - logit_max >= log(min_p): no softmax, and the top token
+        # (difference 0) cannot drop; -inf (masked) stays -inf. A row of all -inf (NaN) keeps its state.
+        top = logits.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(logits - top < math.log(min_p), float("-inf"))
     return logits
 
 
@@ -102,16 +112,17 @@ def sample_from_logits(logits: torch.Tensor, generator: Generators = None) -> to
 
 
 def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, generator: Generators = None) -> torch.Tensor:
+               top_p: float | None = None, generator: Generators = None,
+               min_p: float | None = None) -> torch.Tensor:
     """(B, V) float logits -> (B,) next tokens: filtered, then greedy or drawn. The one sampling rule
     of generate and of the batched engine (tianci.engine)."""
-    logits = filter_logits(logits, temperature, top_k, top_p)
+    logits = filter_logits(logits, temperature, top_k, top_p, min_p)
     return logits.argmax(dim=-1) if temperature <= 0 else sample_from_logits(logits, generator)
 
 
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              generator: torch.Generator | None = None,
              logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
              use_cache: bool = True, decoder: "CompiledDecoder | None" = None,
@@ -151,7 +162,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
         logits = logits[:, -1, :].float()
         if logits_hook is not None:
             logits = logits_hook(logits, step)
-        new = next_token(logits, temperature, top_k, top_p, generator)
+        new = next_token(logits, temperature, top_k, top_p, generator, min_p)
         # keep at most block-1 old tokens (max(0, ...): at block_size=1, -block+1 == 0 kept everything)
         seq = torch.cat([seq[:, max(0, seq.size(1) - block + 1):] if block else seq, new[:, None]], dim=1)
         yield new
@@ -167,9 +178,10 @@ def _form(form: torch.Tensor | None, last: int) -> dict:
 @dataclass
 class SampleOptions:
     max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
+    temperature: float = CONTINUE_SAMPLING.temperature
+    top_k: int | None = CONTINUE_SAMPLING.top_k
+    top_p: float | None = CONTINUE_SAMPLING.top_p
+    min_p: float | None = CONTINUE_SAMPLING.min_p  # 0 or None = off
     seed: int | None = None
     stop_at_end: bool = False  # stop a sample at the end of a poem (a blank line)
     stop: tuple[str, ...] = ()
@@ -184,6 +196,8 @@ class SampleOptions:
             raise TianciError(f"top_k={self.top_k} must be >= 0 (0 = off)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise TianciError(f"top_p={self.top_p} is out of range (0, 1]")
+        if self.min_p is not None and not 0 <= self.min_p < 1:
+            raise TianciError(f"min_p={self.min_p} is out of range [0, 1) (0 = off)")
         return self
 
 
@@ -272,7 +286,7 @@ def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None
     model.eval()
     try:
         for tok in generate(model, idx, opts.max_new_tokens, temperature=opts.temperature,
-                            top_k=opts.top_k, top_p=opts.top_p, generator=gen,
+                            top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p, generator=gen,
                             use_cache=opts.use_cache, decoder=decoder):
             for row, t in zip(rows, tok.tolist()):
                 ev = None if row.done else row.push(t)

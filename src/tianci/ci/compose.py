@@ -34,6 +34,7 @@ import torch
 from .cipai import CiPu
 from ..errors import ParameterError, TianciError
 from ..formpos import uses_form
+from ..sampling import COMPOSE_SAMPLING as S
 from ..header import THEME_CLOSE, THEME_OPEN, Header, check_theme
 from .fixed import FormChoice, check_vocabulary, choose_form
 from .form import Form
@@ -264,9 +265,9 @@ def _encode_loose(vt: VocabTables, text: str) -> list[int]:
 
 
 def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str | None = None,
-                  acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
-                  top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
-                  on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
+                  acrostic: str | None = None, temperature: float = S.temperature, top_k: int | None = S.top_k,
+                  top_p: float | None = S.top_p, min_p: float | None = S.min_p, seed: int | None = None,
+                  author: str | None = None, on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
                   variant: int | None = None, composer: Composer | None = None,
                   candidates: int = 1, theme: str | None = None, engine=None,
                   cancelled=None) -> list[ComposeResult]:
@@ -297,7 +298,7 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     guide = ThemeGuide(fm.vt, words, rows, len(fm.cells)) if words else None
     dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end, guide)
     steps = len(fm.cells) + (AUTHOR_MAX + 1 if author is None else 0)
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)  # after the masks
     if engine is None:
         _decode(model, ids, dec, steps, seed, on_text if candidates == 1 else None, **sampling)
     else:
@@ -370,9 +371,9 @@ def _decode_on(engine, ids: list[int], dec: ConstrainedDecoder, steps: int, seed
 
 
 def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
-            acrostic: str | None = None, temperature: float = 0.8, top_k: int | None = None,
-            top_p: float | None = 0.95, seed: int | None = None, author: str | None = None,
-            on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
+            acrostic: str | None = None, temperature: float = S.temperature, top_k: int | None = S.top_k,
+            top_p: float | None = S.top_p, min_p: float | None = S.min_p, seed: int | None = None,
+            author: str | None = None, on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
             variant: int | None = None, composer: Composer | None = None, candidates: int = 1,
             theme: str | None = None, engine=None, cancelled=None) -> ComposeResult:
     """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
@@ -385,6 +386,6 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
     is built from tokenizer, cipu and phon (which default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE,
     else upstream)."""
     return compose_batch(model, tokenizer, cipai, 1, start=start, acrostic=acrostic,
-                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, author=author,
+                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, author=author,
                          on_text=on_text, cipu=cipu, phon=phon, variant=variant, composer=composer,
                          candidates=candidates, theme=theme, engine=engine, cancelled=cancelled)[0]

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TianciError
+from ..sampling import COMPOSE_SAMPLING as S
 from .cipai import CiPu, Form, allowed_marks
 from .corpus_stats import CorpusStats
 from .judge import Judge, craft, normalise, summarise
@@ -150,8 +151,11 @@ def turing_test(gen: list[str], real: list[str], seed: int = 0, folds: int = 5, 
 
 
 def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top: int = 30,
-             seed: int = 0, temperature: float = 0.8, top_p: float | None = 0.95, max_real: int = 10,
+             seed: int = 0, temperature: float = S.temperature, top_k: int | None = S.top_k,
+             top_p: float | None = S.top_p, min_p: float | None = S.min_p, max_real: int = 10,
              candidates: int = 1, clause_ends: bool = True, judge: Judge | None = None, log=None) -> dict:
+    """The report of `tianci compose-eval`: k poems for each of the top 词牌 at this sampling setting,
+    seeds seed + i (the same poems for the same arguments), next to the same real poems."""
     from .compose import Composer, compose_batch
 
     train_text = "\n\n".join("\n".join(p.paragraphs) for p in corpus.poems if p.split != "val")
@@ -161,8 +165,8 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
     for n, name in enumerate(top_cipai(cp, top)):
         t0 = time.perf_counter()
         form = cp.form(name)
-        res = compose_batch(model, tokenizer, form, k, seed=seed + n, temperature=temperature,
-                            top_p=top_p, composer=composer, candidates=candidates)
+        res = compose_batch(model, tokenizer, form, k, seed=seed + n, temperature=temperature, top_k=top_k,
+                            top_p=top_p, min_p=min_p, composer=composer, candidates=candidates)
         samples = []
         for r, jn in zip(res, judge.lm.nlls([r.text for r in res])):
             c = check_poem(r.text, form, cp.phon)
@@ -199,8 +203,8 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
         rows.append(row)
         if log:
             log(format_row(row))
-    return {"k": k, "top": top, "seed": seed, "temperature": temperature, "top_p": top_p,
-            "candidates": candidates, "clause_ends": clause_ends, "judge_order": judge.lm.order,
+    return {"k": k, "top": top, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+            "min_p": min_p, "candidates": candidates, "clause_ends": clause_ends, "judge_order": judge.lm.order,
             "per_cipai": rows, "overall": _overall(rows), "turing": turing_test(*pairs, seed=seed)}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ParameterError, TianciError
+from ..sampling import COMPOSE_SAMPLING, add_sampling_flags, check_sampling
 
 
 def add_arguments(p) -> None:
@@ -15,9 +16,7 @@ def add_arguments(p) -> None:
     p.add_argument("--theme", default=None, help="1-3 words to write about, e.g. 春雨,归舟: in the title line of a "
                    "run prepared with --themes, and favoured in the poem among what the form allows, never past it")
     p.add_argument("--author", default=None, help="author name in the prompt (default: the model writes one)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=0.95)
+    add_sampling_flags(p, COMPOSE_SAMPLING)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--candidates", type=int, default=1, help="drafts per poem, decoded in one batch; an independent "
@@ -41,10 +40,7 @@ def run(args) -> int:
 
     if not 1 <= args.num_samples <= 64:
         raise ParameterError("num_samples", args.num_samples, "1..64")
-    if not 0 <= args.temperature <= 10:
-        raise ParameterError("temperature", args.temperature, "0..10")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ParameterError("top_p", args.top_p, "(0, 1]")
+    check_sampling(args.temperature, args.top_k, args.top_p, args.min_p)
     if not 1 <= args.candidates <= 16:
         raise ParameterError("candidates", args.candidates, "1..16")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
@@ -76,7 +72,7 @@ def run(args) -> int:
 
         res = compose(r.model, r.tokenizer, form, start=args.start, acrostic=args.acrostic,
                       temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                      seed=None if args.seed is None else args.seed + i, author=args.author,
+                      min_p=args.min_p or None, seed=None if args.seed is None else args.seed + i, author=args.author,
                       on_text=emit, composer=composer, candidates=args.candidates, theme=args.theme)
         which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
         note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"

@@ -1,10 +1,12 @@
-"""`tianci compose-eval --run DIR`: form/tone/rhyme compliance, fluency and novelty of composed ci."""
+"""`tianci compose-eval --run DIR`: form/tone/rhyme compliance, fluency and novelty of composed ci (`--sweep`: one row per sampling setting)."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from ..errors import ParameterError, TianciError
+from ..sampling import COMPOSE_SAMPLING, add_sampling_flags, check_sampling
 
 
 def add_arguments(p) -> None:
@@ -13,9 +15,12 @@ def add_arguments(p) -> None:
     p.add_argument("--top", type=int, default=30, help="how many of the most common 词牌 (default 30)")
     p.add_argument("--data", default=None, help="poems.jsonl or its data directory (default: the run's)")
     p.add_argument("--out", default=None, help="write the full report (with every poem) as JSON here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the tables")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
+    add_sampling_flags(p, COMPOSE_SAMPLING)
+    p.add_argument("--sweep", default=None, metavar="GRID", help='one report per sampling setting of a grid, e.g. '
+                   '"temperature=0.7,0.8,1.0 top_p=0.9,0.95,1.0 min_p=0,0.05" (same model, seeds and real poems; '
+                   'a name not given keeps its flag\'s value): one table row per setting')
     p.add_argument("--candidates", type=int, default=1, help="drafts per poem, the judge keeps the best (default 1)")
     p.add_argument("--clause-ends", choices=["on", "off"], default="on",
                    help="keep clauses from ending on characters real ci almost never ends one with (default on)")
@@ -29,6 +34,7 @@ def run(args) -> int:
     from ..checkpoint import load_run
     from ..ci.cipai import data_dir_of_run, open_cipu
     from ..ci.compose_eval import HEADER, evaluate, format_summary, format_table, write_json
+    from ..ci.compose_sweep import format_sweep, parse_sweep, sweep
 
     if not 1 <= args.k <= 64:
         raise ParameterError("k", args.k, "1..64")
@@ -36,6 +42,10 @@ def run(args) -> int:
         raise ParameterError("top", args.top, "1..1000")
     if not 1 <= args.candidates <= 16:
         raise ParameterError("candidates", args.candidates, "1..16")
+    setting = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
+                   min_p=args.min_p or None)
+    check_sampling(**setting)
+    settings = parse_sweep(args.sweep, setting) if args.sweep is not None else None  # refused before loading
     data = args.data or data_dir_of_run(args.run)
     if data is None:
         raise TianciError(f"no corpus to compare with: {args.run}/config.json names no data directory with "
@@ -43,15 +53,26 @@ def run(args) -> int:
                           hints={"cli": "give one with --data"})
     cp = open_cipu(args.cipu_source, data, args.rhyme_source)
     r = load_run(args.run, device=args.device, which=args.which)
-    print(HEADER, file=sys.stderr)
-    report = evaluate(r.model, r.tokenizer, cp, cp.corpus, k=args.k, top=args.top, seed=args.seed,
-                      temperature=args.temperature, top_p=args.top_p or None, candidates=args.candidates,
-                      clause_ends=args.clause_ends == "on",
-                      log=lambda s: print(s, file=sys.stderr, flush=True))
+    shared = dict(k=args.k, top=args.top, seed=args.seed, candidates=args.candidates,
+                  clause_ends=args.clause_ends == "on")
+    if settings is not None:
+        report = sweep(r.model, r.tokenizer, cp, cp.corpus, settings, log=log, **shared)
+    else:
+        log(HEADER)
+        report = evaluate(r.model, r.tokenizer, cp, cp.corpus, **shared, **setting, log=log)
     report["run"] = str(args.run)
-    print(format_table(report))
     if args.out:
         write_json(report, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
-    print(format_summary(report))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    elif settings is not None:
+        print(format_sweep(report))
+    else:
+        print(format_table(report))
+        print(format_summary(report))
     return 0
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

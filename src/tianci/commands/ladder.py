@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import TianciError
+from ..sampling import CONTINUE_SAMPLING
 
 
 def add_arguments(p) -> None:
@@ -21,7 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="runs/ladder", help="output directory (runs, per-rung results, table, chart)")
     p.add_argument("--prompt", default="春", help="prompt of every rung's sample (default 春)")
     p.add_argument("--seed", type=int, default=1337, help="training and sampling seed, shared by all rungs")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
+    p.add_argument("--temperature", type=float, default=CONTINUE_SAMPLING.temperature,
+                   help=f"sampling temperature (default {CONTINUE_SAMPLING.temperature})")
     p.add_argument("--bpe-vocab", type=int, default=None, metavar="N",
                    help="also train the last GPT rung on a BPE copy of the data with this vocabulary size")
     p.add_argument("--device", default="cpu", help="cpu (default, comparable timings) | cuda | auto")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import TianciError
+from ..sampling import CONTINUE_SAMPLING, add_sampling_flags
 
 
 def add_arguments(p) -> None:
@@ -10,9 +11,7 @@ def add_arguments(p) -> None:
     p.add_argument("--prompt", default="", help="text to continue (default: start a new poem)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    add_sampling_flags(p, CONTINUE_SAMPLING)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop-at-end", action="store_true", help="stop each sample at the end of its poem")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (as the tutorial)")
@@ -46,7 +45,7 @@ def run(args) -> int:
     from ..generate import SampleOptions, encode_prompt, stream
 
     opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed, stop_at_end=args.stop_at_end,
+                         top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop_at_end=args.stop_at_end,
                          use_cache=not args.no_cache).validate()
     device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
@@ -65,9 +64,11 @@ def run(args) -> int:
 
 
 # flags of a GPT sample that a counting (n-gram) run has no use for: (flag, set?)
-GPT_ONLY = (("--stop-at-end", lambda a: a.stop_at_end), ("--top-k", lambda a: a.top_k is not None),
-            ("--top-p", lambda a: a.top_p is not None), ("--quantize", lambda a: a.quantize != "none"),
-            ("--compile", lambda a: a.compile), ("--no-cache", lambda a: a.no_cache),
+S = CONTINUE_SAMPLING
+GPT_ONLY = (("--stop-at-end", lambda a: a.stop_at_end), ("--top-k", lambda a: a.top_k != S.top_k),
+            ("--top-p", lambda a: a.top_p != S.top_p), ("--min-p", lambda a: a.min_p != S.min_p),
+            ("--quantize", lambda a: a.quantize != "none"), ("--compile", lambda a: a.compile),
+            ("--no-cache", lambda a: a.no_cache),
             ("--which", lambda a: a.which != "best"), ("--device", lambda a: a.device != "cpu"))
 
 # below this many tokens, eager decoding finishes before the compile would (measured: 100 tokens of

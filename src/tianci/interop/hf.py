@@ -22,6 +22,7 @@ import torch
 from .. import checkpoint as ck
 from ..config import Preset, from_dict, to_dict
 from ..errors import TianciError
+from ..sampling import CONTINUE_SAMPLING
 from ..model import GPT
 from .arch import convert_attention_state
 from . import arch
@@ -69,7 +70,7 @@ def export_hf(run_dir, out, *, which: str = "best", force: bool = False, sample:
     (out / "tokenizer.json").write_text(hf_tokenizer_json(run.tokenizer), encoding="utf-8")
     _write_json(out / "tokenizer_config.json", dict(TOKENIZER_CONFIG, model_max_length=cfg.block_size))
     # No end-of-text token: a poem ends with a blank line, so stop on the string (stop_strings).
-    _write_json(out / "generation_config.json", {"do_sample": True, "temperature": 0.8,
+    _write_json(out / "generation_config.json", {"do_sample": True, "temperature": CONTINUE_SAMPLING.temperature,
                                                  "bos_token_id": None,
                                                  "eos_token_id": None, "pad_token_id": None})
     (out / "README.md").write_text(model_card(run, model_type, sample), encoding="utf-8")
@@ -146,8 +147,7 @@ def _best(run_dir: Path) -> dict:
 def _sample_text(run) -> str:
     from ..generate import SampleOptions, complete
 
-    opts = SampleOptions(max_new_tokens=min(120, run.preset.model.block_size * 2), temperature=0.8, seed=0,
-                         stop_at_end=True)
+    opts = SampleOptions(max_new_tokens=min(120, run.preset.model.block_size * 2), seed=0, stop_at_end=True)
     return complete(run.model, run.tokenizer, "", 1, opts)[0].text.strip("\n")
 
 
@@ -182,7 +182,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("THIS_FOLDER")
 model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")
 ids = tok("春", return_tensors="pt").input_ids
-out = model.generate(ids, max_new_tokens=60, do_sample=True, temperature=0.8,
+out = model.generate(ids, max_new_tokens=60, do_sample=True, temperature={CONTINUE_SAMPLING.temperature},
                      stop_strings=["\\n\\n"], tokenizer=tok)
 print(tok.decode(out[0]))
 ```
@@ -208,7 +208,7 @@ The context is {cfg.block_size} tokens.
 
 ## A sample
 
-(tianci sample, temperature 0.8, seed 0)
+(tianci sample, temperature {CONTINUE_SAMPLING.temperature}, seed 0)
 
 ```
 {text}

@@ -26,6 +26,7 @@ from ..checkpoint import LN2
 from ..config import Preset, load_preset, to_dict, validate
 from ..errors import TianciError
 from ..files import atomic_write, atomic_write_json, read_json
+from ..sampling import CONTINUE_SAMPLING
 
 
 RUNGS = ("counting", "bigram", "position", "attention", "multihead", "feedforward", "blocks",
@@ -42,7 +43,7 @@ class LadderOptions:
     token_budget: int | None = None
     prompt: str = "春"
     seed: int = 1337
-    temperature: float = 0.8
+    temperature: float = CONTINUE_SAMPLING.temperature  # each rung's sample continues the prompt
     sample_chars: int = 40
     bpe_vocab: int | None = None
     device: str = "cpu"

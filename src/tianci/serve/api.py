@@ -9,9 +9,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..sampling import COMPOSE_SAMPLING as S
 from .limits import Limits, error_body
 
 MAX_SEED = 2**63 - 1
+MIN_P = ("extension (llama.cpp, vLLM): keep the tokens at least min_p times as likely as the likeliest; "
+         "0 or null = off")
 CHAT_MAX_TOKENS = 128  # a chat continuation's length when the request names none
 # strict: no "5" -> 5 or true -> 1 coercions; forbid: a misspelt parameter is an error, not a no-op
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -189,6 +192,7 @@ def request_models(lim: Limits):
         temperature: float | None = Field(1.0, ge=0, le=2)
         top_p: float | None = Field(1.0, gt=0, le=1)
         top_k: int | None = Field(None, ge=0, le=100_000, description="tianci extension; 0 or null = off")
+        min_p: float | None = Field(None, ge=0, lt=1, description=MIN_P)
         n: int | None = Field(1, ge=1, le=lim.max_n)
         stop: Stop | Annotated[list[Stop], Field(max_length=lim.max_stop)] | None = None
         seed: int | None = Field(None, ge=0, le=MAX_SEED)
@@ -213,9 +217,10 @@ def request_models(lim: Limits):
         theme: str | None = Field(None, max_length=16, description="1-3 words to write about, e.g. "
                                   "春雨,归舟 (a preference among what the form allows)")
         author: str | None = Field(None, max_length=8, description="null: the model writes one")
-        temperature: float = Field(0.8, ge=0, le=2)
-        top_p: float | None = Field(0.95, gt=0, le=1)
-        top_k: int | None = Field(None, ge=0, le=100_000)
+        temperature: float = Field(S.temperature, ge=0, le=2)
+        top_p: float | None = Field(S.top_p, gt=0, le=1)
+        top_k: int | None = Field(S.top_k, ge=0, le=100_000)
+        min_p: float | None = Field(S.min_p, ge=0, lt=1, description=MIN_P)
         seed: int | None = Field(None, ge=0, le=MAX_SEED)
         variant: int | None = Field(None, ge=0, le=999)
         stream: bool = True
@@ -242,9 +247,12 @@ def request_models(lim: Limits):
                                                   "the server's limit); a composition is always the whole form")
         max_tokens: int | None = Field(None, ge=0, le=lim.max_tokens, description="the older name of "
                                        "max_completion_tokens")
-        temperature: float | None = Field(None, ge=0, le=2, description="null: 1 for continuations, 0.8 to compose")
-        top_p: float | None = Field(None, gt=0, le=1, description="null: 1 for continuations, 0.95 to compose")
+        temperature: float | None = Field(None, ge=0, le=2, description=f"null: 1 for continuations, "
+                                          f"{S.temperature} to compose")
+        top_p: float | None = Field(None, gt=0, le=1, description=f"null: 1 for continuations, {S.top_p} to compose")
         top_k: int | None = Field(None, ge=0, le=100_000, description="tianci extension; 0 or null = off")
+        min_p: float | None = Field(None, ge=0, lt=1, description=MIN_P + f"; null: off for continuations, "
+                                    f"{S.min_p or 'off'} to compose")
         n: int | None = Field(1, ge=1, le=lim.max_n)
         stop: Stop | Annotated[list[Stop], Field(max_length=lim.max_stop)] | None = Field(
             None, description="continuations only")

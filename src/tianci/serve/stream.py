@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from . import api
 from ..errors import TianciError
+from ..sampling import COMPOSE_SAMPLING
 from .api import ApiError
 from .limits import Busy, Scheduler, error_body
 
@@ -69,10 +70,11 @@ class ComposeParams:
     acrostic: str | None = None
     theme: str | None = None
     author: str | None = None
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = 0.95
+    temperature: float = COMPOSE_SAMPLING.temperature
+    top_k: int | None = COMPOSE_SAMPLING.top_k
+    top_p: float | None = COMPOSE_SAMPLING.top_p
     n: int = 1
+    min_p: float | None = COMPOSE_SAMPLING.min_p
 
 
 # ----------------------------------------------------------------------------- jobs (worker thread)
@@ -114,7 +116,8 @@ def compose_job(run, engine, composer, choice, p: ComposeParams):
                     emit(ComposeText("text", piece, i))
 
             res = compose(run.model, run.tokenizer, choice.form, start=p.start or None, acrostic=p.acrostic or None,
-                          temperature=p.temperature, top_k=p.top_k or None, top_p=p.top_p, seed=p.seed + i,
+                          temperature=p.temperature, top_k=p.top_k or None, top_p=p.top_p,
+                          min_p=p.min_p or None, seed=p.seed + i,
                           author=p.author or None, theme=p.theme or None, on_text=on_text, composer=composer,
                           engine=engine, cancelled=cancelled)
             emit(ComposeDone(res, choice.note, i, p.seed + i))

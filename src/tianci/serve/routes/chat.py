@@ -18,6 +18,7 @@ from ..stream import ComposeDone, ComposeParams, Piece, UsageCount, collect, com
 from .cipai import compose_start, random_seed
 from .common import ERRORS, SSE, err
 from .openai import check_model, check_prompt, sample_options
+from ...sampling import COMPOSE_SAMPLING
 
 DESCRIPTION = ("OpenAI chat completions, streaming as server-sent events. When the last message is the "
                "user's and reads as `[词牌] (key:value)*` it composes: the content is `词牌 作者` then the poem, "
@@ -70,9 +71,13 @@ async def chat(st: AppState, req, request: Request):
     n = req.n or 1
     ask = grammar.parse_compose(texts[-1], lambda name: is_cipai(st, name)) if req.messages[-1].role == "user" else None
     if ask is not None:
+        S = COMPOSE_SAMPLING  # a null field composes with composing's defaults, not OpenAI's
         p = ComposeParams(ask.cipai, random_seed() if req.seed is None else req.seed, ask.variant, ask.start,
-                          ask.acrostic, ask.theme, ask.author, 0.8 if req.temperature is None else req.temperature,
-                          req.top_k, 0.95 if req.top_p is None else req.top_p, n)
+                          ask.acrostic, ask.theme, ask.author, n=n,
+                          temperature=S.temperature if req.temperature is None else req.temperature,
+                          top_k=S.top_k if req.top_k is None else req.top_k,
+                          top_p=S.top_p if req.top_p is None else req.top_p,
+                          min_p=S.min_p if req.min_p is None else req.min_p)
         choice, job = await compose_start(st, p)
         info = api.form_info(choice.form)
 

@@ -165,7 +165,7 @@ function push(text) {
 async function compose(again) {
   if (!state.form || state.busy) return;
   const req = again && state.lastReq ? { ...state.lastReq } : {
-    cipai: state.form.name, temperature: Number($("#temperature").value),
+    cipai: state.form.name, temperature: Number($("#temperature").value), min_p: Number($("#min-p").value) || null,
     start: $("#start").value.trim() || null, acrostic: $("#acrostic").value.trim() || null,
     theme: $("#theme").value.trim() || null };
   delete req.seed;
@@ -259,7 +259,7 @@ function setMode(mode) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  bindRange("temperature"); bindRange("free-temperature"); bindRange("max-tokens");
+  bindRange("temperature"); bindRange("min-p"); bindRange("free-temperature"); bindRange("max-tokens");
   for (const b of document.querySelectorAll(".modes button")) b.addEventListener("click", () => setMode(b.dataset.mode));
   $("#cipai-search").addEventListener("input", (e) => renderList(e.target.value));
   $("#cipai-search").addEventListener("keydown", (e) => {

@@ -1,0 +1,55 @@
+"""Sampling settings, torch-free (the CLI's flags and the counting model's `sample` read them): the
+named defaults, one for composing and one for continuing text, the front ends' one range check and the
+CLI's flags. The filters themselves are `tianci.generate.filter_logits`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ParameterError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One named sampling setting: the filters of `filter_logits`."""
+
+    temperature: float
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+
+
+# Composing's defaults, read by every caller (`tianci compose`, compose-eval and its ladder, the server's
+# /api/compose and chat, the playground through them): chosen by measurement, `tianci compose-eval --sweep`
+# (docs/compose.md §6). Change them here, and only here.
+COMPOSE_SAMPLING = Sampling(temperature=0.8, top_p=0.95)
+# Continuing text (`tianci sample`, SampleOptions, the ladder's samples, an export's model card): another
+# use, where the free text is the point and no form catches a wild token.
+CONTINUE_SAMPLING = Sampling(temperature=0.8)
+
+
+def check_sampling(temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                   min_p: float | None = None) -> None:
+    """The front ends' one range check of a sampling setting: a ParameterError naming the first value
+    outside its range (None: not given)."""
+    for name, value, ok, allowed in (("temperature", temperature, lambda v: 0 <= v <= 10, "0..10"),
+                                     ("top_k", top_k, lambda v: v >= 0, ">= 0 (0 = off)"),
+                                     ("top_p", top_p, lambda v: 0 < v <= 1, "(0, 1]"),
+                                     ("min_p", min_p, lambda v: 0 <= v < 1, "[0, 1) (0 = off)")):
+        if value is not None and not ok(value):  # NaN fails every range
+            raise ParameterError(name, value, allowed)
+
+
+def add_sampling_flags(p, defaults: Sampling, top_k: bool = True) -> None:
+    """--temperature --top-k --top-p --min-p on an argparse parser, their defaults from `defaults`."""
+    def off(v) -> str:
+        return "off" if v is None else str(v)
+    p.add_argument("--temperature", type=float, default=defaults.temperature,
+                   help=f"0 = greedy (default {defaults.temperature})")
+    if top_k:
+        p.add_argument("--top-k", type=int, default=defaults.top_k,
+                       help=f"keep the k likeliest tokens, 0 = off (default {off(defaults.top_k)})")
+    p.add_argument("--top-p", type=float, default=defaults.top_p,
+                   help=f"keep the likeliest tokens that cover this much probability (default {off(defaults.top_p)})")
+    p.add_argument("--min-p", type=float, default=defaults.min_p, help="keep the tokens at least this fraction as "
+                   f"likely as the likeliest, 0 <= min_p < 1, 0 = off (default {off(defaults.min_p)})")
