@@ -23,7 +23,7 @@ from pathlib import Path
 from ..checkpoint import Run
 from ..errors import RunError, TianciError
 
-RECORD = "ci-cpu"  # the current record (docs/speed.md, "speedrun")
+RECORD = "ci-cpu-speedrun"  # the current record (docs/speed.md, "speedrun")
 BASELINE = "nanogpt-cpu"  # nanoGPT's shakespeare_char CPU config, its classic fp32 path
 # the baseline's step budget and cosine length: the paired nanoGPT run of issue 16 trained 5,000 iterations
 BASELINE_ITERS = 5000
