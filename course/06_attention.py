@@ -26,7 +26,8 @@ import torch
 from torch.nn import functional as F
 
 from tianci.config import load_preset
-from tianci.model import GPT, Head, _causal_mask
+from tianci.attention import Head, _causal_mask
+from tianci.model import GPT
 from tianci.tokenizer import load_tokenizer
 
 data = data_dir()

@@ -33,7 +33,7 @@ tok = load_tokenizer(data / "tokenizer.json")
 torch.manual_seed(1337)
 
 # %% [markdown]
-# ## `model.py` 里的几行 / The lines in `model.py`
+# ## `attention.py` 里的几行 / The lines in `attention.py`
 #
 # 每个头的宽度是 `n_embd // n_head`（`GPTConfig.head_size`）；`LoopAttention` 运行每个 `Head`，再拼起来。
 # Each head is `n_embd // n_head` wide (`GPTConfig.head_size`); `LoopAttention` runs every `Head` and

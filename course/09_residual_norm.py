@@ -39,7 +39,7 @@ tok = load_tokenizer(data / "tokenizer.json")
 torch.manual_seed(1337)
 
 # %% [markdown]
-# ## `model.py` 里的几行 / The lines in `model.py`
+# ## `model.py` 与 `attention.py` 里的几行 / The lines in `model.py` and `attention.py`
 
 # %%
 print("--- residual")

@@ -57,7 +57,8 @@ for sec in ("model", "train"):
 # - 没有偏置、更大的学习率 3e-3、`beta2=0.99`。/ no biases, a larger learning rate, `beta2=0.99`.
 
 # %%
-from tianci.model import GPT, MLP, _norm, _qk_prepare, _rope
+from tianci.attention import _qk_prepare, _rope
+from tianci.model import GPT, MLP, _norm
 
 show_source(_rope)
 show_source(_qk_prepare, 'if cfg.pos == "rope"', "_rope(q, pos0)")

@@ -219,3 +219,29 @@ def test_sweep_on_a_tiny_run_measures_each_setting(world, rhyme_dir, tmp_path, c
     assert main([*argv, "--temperature", "1.5", "--min-p", "0.05", "--json"]) == 0
     alone = json.loads(capsys.readouterr().out)
     assert [s["text"] for s in alone["per_cipai"][0]["samples"]] == [s["text"] for s in reps[1]["per_cipai"][0]["samples"]]
+
+
+def test_compose_eval_themes_are_asked_and_counted_from_the_text(world, rhyme_dir, tmp_path, capsys):
+    """Guards `compose-eval --themes` (issue 12 item 4: what --theme costs, measured) asking for words no
+    held-out poem of the 词牌 holds, or counting a word as found that the poem does not hold (read from
+    decoder state rather than from the text), or a summary that is not the sum of its poems."""
+    pytest.importorskip("sklearn")
+    from tianci.ci.corpus_stats import load_corpus
+
+    out = tmp_path / "themes.json"
+    assert main(["compose-eval", "--run", str(world["run"]), "--data", str(world["data"]), "--cipu-source",
+                 str(world["cipu_dir"]), "--rhyme-source", str(rhyme_dir), "--k", "3", "--top", "2", "--seed", "4",
+                 "--themes", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads(out.read_text(encoding="utf-8"))
+    assert rep["themes"] is True
+    val = ["\n".join(p.paragraphs) for p in load_corpus(world["data"]).poems if p.split == "val"]
+    asked = found = 0
+    for row in rep["per_cipai"]:
+        for s in row["samples"]:
+            assert all(any(w in v for v in val) for w in s["theme"])  # drawn from a held-out poem
+            assert s["theme_found"] == [w for w in s["theme"] if w in s["text"]]
+            asked, found = asked + len(s["theme"]), found + len(s["theme_found"])
+    assert asked > 0, "no theme was asked for: the measure is off"
+    assert (rep["overall"]["theme_asked"], rep["overall"]["theme_found"]) == (asked, found)
+    assert f"theme words found {found / asked:.1%} ({found} of {asked} asked)" in printed

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,20 +154,33 @@ def turing_test(gen: list[str], real: list[str], seed: int = 0, folds: int = 5, 
 def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top: int = 30,
              seed: int = 0, temperature: float = S.temperature, top_k: int | None = S.top_k,
              top_p: float | None = S.top_p, min_p: float | None = S.min_p, max_real: int = 10,
-             candidates: int = 1, clause_ends: bool = True, judge: Judge | None = None, log=None) -> dict:
+             candidates: int = 1, clause_ends: bool = True, judge: Judge | None = None, themes: bool = False,
+             log=None) -> dict:
     """The report of `tianci compose-eval`: k poems for each of the top 词牌 at this sampling setting,
-    seeds seed + i (the same poems for the same arguments), next to the same real poems."""
+    seeds seed + i (the same poems for the same arguments), next to the same real poems. themes: each
+    词牌's poems are asked for 1-3 theme words drawn (tianci.themes) from one of its held-out poems, and
+    the report counts how many appear."""
+    from ..themes import ThemeWords
     from .compose import Composer, compose_batch
 
     train_text = "\n\n".join("\n".join(p.paragraphs) for p in corpus.poems if p.split != "val")
     judge = judge or Judge.from_corpus(corpus)
     composer = Composer(tokenizer, cp.phon, cp, judge=judge, clause_ends=clause_ends)
+    train_poems = train_text.split("\n\n")
+    # the bar of `prepare --themes` (a word >= 20 train poems share) on the ci corpus (18,985 train
+    # poems); a small corpus gets a lower one, so that its measure is not empty
+    words = ThemeWords.from_texts(train_poems, min_poems=min(20, max(2, len(train_poems) // 50))) if themes else None
     rows, pairs = [], ([], [])
     for n, name in enumerate(top_cipai(cp, top)):
         t0 = time.perf_counter()
         form = cp.form(name)
+        ent = cp.resolve(name)
+        held_out = [corpus.poems[i] for t in ent.titles for i in corpus.by_title.get(t, [])
+                    if corpus.poems[i].split == "val"]
+        theme = _theme_for(words, held_out, max_real, seed + n) if words is not None else ()
         res = compose_batch(model, tokenizer, form, k, seed=seed + n, temperature=temperature, top_k=top_k,
-                            top_p=top_p, min_p=min_p, composer=composer, candidates=candidates)
+                            top_p=top_p, min_p=min_p, composer=composer, candidates=candidates,
+                            theme=",".join(theme) or None)
         samples = []
         for r, jn in zip(res, judge.lm.nlls([r.text for r in res])):
             c = check_poem(r.text, form, cp.phon)
@@ -175,10 +189,9 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
                             "judge_nll": jn, "self_nll": nll,
                             "craft": asdict(craft(r.text, judge.ends, form.rhyme, form.repeat)),
                             "longest_copy": longest_copy(r.text, train_text),
+                            "theme": list(r.theme), "theme_found": r.theme_found,
                             "backoffs": [str(b) for b in r.backoffs]})
-        ent = cp.resolve(name)
-        real = [corpus.poems[i] for t in ent.titles for i in corpus.by_title.get(t, [])
-                if corpus.poems[i].split == "val"][:max_real]
+        real = held_out[:max_real]
         real_text = ["\n".join(p.paragraphs) for p in real]
         real_rows = []
         for p, t, jn in zip(real, real_text, judge.lm.nlls(real_text) if real_text else []):
@@ -204,8 +217,21 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
         if log:
             log(format_row(row))
     return {"k": k, "top": top, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "min_p": min_p, "candidates": candidates, "clause_ends": clause_ends, "judge_order": judge.lm.order,
+            "min_p": min_p, "candidates": candidates, "clause_ends": clause_ends, "themes": themes,
+            "judge_order": judge.lm.order,
             "per_cipai": rows, "overall": _overall(rows), "turing": turing_test(*pairs, seed=seed)}
+
+
+def _theme_for(words, held_out, max_real: int, seed: int) -> tuple[str, ...]:
+    """1-3 theme words of one held-out poem of the 词牌, preferring poems that are not on the real side
+    of the comparison (the first max_real), so the classifier is not handed the real poems' own words;
+    () when none of them holds a theme word."""
+    rng = random.Random(seed * 1_000_003 + 7)
+    for p in held_out[max_real:] + held_out[:max_real]:
+        theme = words.pick("\n".join(p.paragraphs), rng)
+        if theme:
+            return theme
+    return ()
 
 
 def _craft(d: dict):
@@ -239,6 +265,10 @@ def _overall(rows) -> dict:
             "craft_gen": gen_craft, "craft_real": real_craft, "broken_gen": gen_craft["broken_clauses"],
             "longest_copy": max(s["longest_copy"] for s in ss),
             "copies_ge8": sum(s["longest_copy"] >= COPY_FLAG for s in ss),
+            "theme_asked": sum(len(s.get("theme", ())) for s in ss),
+            "theme_found": sum(len(s.get("theme_found", ())) for s in ss),
+            "theme_all": sum(bool(s.get("theme")) and len(s["theme_found"]) == len(s["theme"]) for s in ss),
+            "theme_poems": sum(bool(s.get("theme")) for s in ss),
             "backoffs": sum(len(s["backoffs"]) for s in ss)}
 
 
@@ -280,6 +310,9 @@ def format_summary(report: dict) -> str:
              f"(self-scored NLL, the generating model on its own poems, no measure of quality: "
              f"{o['self_nll_gen']:.3f} vs real {o['self_nll_real']:.3f})",
              f"longest copy {o['longest_copy']} ({o['copies_ge8']} poems ≥ 8)"]
+    if o.get("theme_asked"):
+        lines.append(f"theme words found {o['theme_found'] / o['theme_asked']:.1%} ({o['theme_found']} of "
+                     f"{o['theme_asked']} asked); every word in {o['theme_all']} of {o['theme_poems']} poems")
     return "\n".join(lines)
 
 

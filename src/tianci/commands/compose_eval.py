@@ -21,6 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sweep", default=None, metavar="GRID", help='one report per sampling setting of a grid, e.g. '
                    '"temperature=0.7,0.8,1.0 top_p=0.9,0.95,1.0 min_p=0,0.05" (same model, seeds and real poems; '
                    'a name not given keeps its flag\'s value): one table row per setting')
+    p.add_argument("--themes", action="store_true", help="ask each 词牌's poems for 1-3 theme words drawn from one "
+                   "of its held-out poems, and count how many appear (what --theme costs, measured)")
     p.add_argument("--candidates", type=int, default=1, help="drafts per poem, the judge keeps the best (default 1)")
     p.add_argument("--clause-ends", choices=["on", "off"], default="on",
                    help="keep clauses from ending on characters real ci almost never ends one with (default on)")
@@ -54,7 +56,7 @@ def run(args) -> int:
     cp = open_cipu(args.cipu_source, data, args.rhyme_source)
     r = load_run(args.run, device=args.device, which=args.which)
     shared = dict(k=args.k, top=args.top, seed=args.seed, candidates=args.candidates,
-                  clause_ends=args.clause_ends == "on")
+                  clause_ends=args.clause_ends == "on", themes=args.themes)
     if settings is not None:
         report = sweep(r.model, r.tokenizer, cp, cp.corpus, settings, log=log, **shared)
     else:
