@@ -16,6 +16,7 @@ the server does not use it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -89,9 +90,20 @@ class CompiledDecoder:
         return self.steps[batch_size]
 
 
+def forced_cpu_capability() -> str:
+    """ATEN_CPU_CAPABILITY when it is set ('' otherwise). With it set below the host's, torch 2.13's
+    inductor miscompiles on the CPU (measured on an AVX-512 Zen 5: =avx2 wrote a wrong in-place slice
+    after a fused reduction, =default generated C++ that does not build), so the compiled step is not
+    trusted then: decoding stays eager, with a warning."""
+    return os.environ.get("ATEN_CPU_CAPABILITY", "")
+
+
 def _compile(model, batch_size: int) -> CompiledStep | None:
     try:
         mod = DecodeStep(model, batch_size)
+        if mod.cache.k.device.type == "cpu" and forced_cpu_capability():
+            raise RuntimeError(f"ATEN_CPU_CAPABILITY={forced_cpu_capability()} is set, and inductor's CPU code "
+                               "is not trusted with a forced capability")
         mode = "reduce-overhead" if mod.cache.k.device.type == "cuda" else None  # CUDA graphs on a GPU
         fn = torch.compile(mod, fullgraph=True, dynamic=False, mode=mode)
         dev = mod.cache.k.device
