@@ -367,7 +367,11 @@ def train(preset: Preset, data_dir, out_dir, *, resume: bool = False, force: boo
                 init = {"init_from": trainer.init_from.record()} if trainer.init_from else {}
                 ck.Run(out_dir).begin("gpt", to_dict(trainer.preset), trainer.data_dir, **init)
         compute.barrier()  # rank 0 has created the run dir
-        return trainer.fit()
+        result = trainer.fit()
+        # every rank leaves together: a rank that tore the gloo group down while rank 0 was still writing
+        # the last checkpoint aborted (`terminate called without an active exception`, 1 in 3 course runs)
+        compute.barrier()
+        return result
     finally:
         compute.close()
 
