@@ -32,6 +32,9 @@ CACHE_NAME = "dtype-auto.json"
 # "0": no probe, auto is float32 on every CPU (the test suite sets it: its results must not depend on
 # which dtype a timing picked on the machine that runs it)
 PROBE_ENV = "TIANCI_DTYPE_PROBE"
+# bumped whenever the step's own code changes what each dtype costs (a cached verdict would be stale):
+# 2 = the CPU's training attention runs in fp32 under bf16 autocast (tianci.attention._sdpa)
+STEP_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,13 @@ def cpu_name() -> str:
 
 
 def probe_key(preset, threads: int, torch_version: str) -> str:
-    """What the verdict depends on: the machine, the threads, torch, and the shape of the step
-    (the model config, the micro-batch, the loss path, the optimizer)."""
+    """What the verdict depends on: the machine, the threads, torch, the shape of the step (the
+    model config, the micro-batch, the loss path, the optimizer) and the step's code revision."""
     tc = preset.train
     shape = {"machine": [platform.node(), cpu_name()], "threads": threads, "torch": torch_version,
              "model": dataclasses.asdict(preset.model), "batch_size": tc.batch_size,
-             "fused_loss": tc.fused_loss, "optimizer": tc.optimizer, "compile": tc.compile}
+             "fused_loss": tc.fused_loss, "optimizer": tc.optimizer, "compile": tc.compile,
+             "step_revision": STEP_REVISION}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:24]
 
 
