@@ -388,6 +388,28 @@ def test_candidates_keep_the_judges_best_draft():
     assert e.value.param == "candidates"
 
 
+def test_a_themed_poem_is_the_best_of_theme_candidates_drafts_by_default():
+    """Guards the themed default (85% -> 94% of the words measured): with a judge at hand and no
+    number asked for, a themed poem is the best of THEME_CANDIDATES drafts, exactly what asking for
+    that number gives; an untheme'd poem, or a composer without a judge, stays one draft; a number
+    asked for wins."""
+    from tianci.ci.judge import Judge
+    from tianci.sampling import THEME_CANDIDATES
+
+    tok = tok_of(ALL_HAN)
+    judge = Judge.from_corpus(corpus_of(["东风红，春水动。", "秋山空，花月重。"] * 30), order=3)
+    c = Composer(tok, PHON, judge=judge, clause_ends=False)
+    m = TinyLM(tok.vocab_size, 3)
+    kw = dict(seed=7, temperature=1.5, author="某", composer=c)
+    texts = {n: compose(m, tok, FORM, theme="春花", candidates=n, **kw).text for n in (1, THEME_CANDIDATES)}
+    assert texts[1] != texts[THEME_CANDIDATES]  # the seed tells the two apart, so the checks below can
+    assert compose(m, tok, FORM, theme="春花", **kw).text == texts[THEME_CANDIDATES]
+    assert compose(m, tok, FORM, **kw).text == compose(m, tok, FORM, candidates=1, **kw).text
+    bare = Composer(tok, PHON, clause_ends=False)
+    kw["composer"] = bare
+    assert compose(m, tok, FORM, theme="春花", **kw).text == compose(m, tok, FORM, theme="春花", candidates=1, **kw).text
+
+
 def test_theme_favours_its_characters_within_the_form():
     """Guards a theme (`--theme`, the server's `theme`, chat's 主题) that is accepted but changes
     nothing, or that places its characters at the cost of the form, and one the vocabulary cannot

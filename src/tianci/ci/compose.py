@@ -34,7 +34,7 @@ import torch
 from .cipai import CiPu
 from ..errors import ParameterError, TianciError
 from ..formpos import uses_form
-from ..sampling import COMPOSE_SAMPLING as S
+from ..sampling import COMPOSE_SAMPLING as S, default_candidates
 from ..header import THEME_CLOSE, THEME_OPEN, Header, check_theme
 from .fixed import FormChoice, check_vocabulary, choose_form
 from .form import Form
@@ -269,19 +269,21 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                   top_p: float | None = S.top_p, min_p: float | None = S.min_p, seed: int | None = None,
                   author: str | None = None, on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
                   variant: int | None = None, composer: Composer | None = None,
-                  candidates: int = 1, theme: str | None = None, engine=None,
+                  candidates: int | None = None, theme: str | None = None, engine=None,
                   cancelled=None) -> list[ComposeResult]:
     """`n` poems to one form, decoded together as one batch. With candidates=M > 1 (needs a
     composer with a judge), n × M drafts are decoded in one batch and each poem is the best of its
-    M by the judge (`judge.Judge.scores`). engine: decode the rows in a `tianci.engine.Engine`'s
+    M by the judge (`judge.Judge.scores`); candidates=None: 1, or THEME_CANDIDATES for a themed poem
+    when the composer has a judge (`sampling.default_candidates`). engine: decode the rows in a `tianci.engine.Engine`'s
     batches instead (the server), each on its own (`batched.run_rows`; `cancelled`, a threading.Event,
     stops them). See `compose`."""
     t0 = time.perf_counter()
     if n < 1:
         raise ParameterError("n", n, ">= 1", "the number of poems to compose")
+    composer = composer or Composer(tokenizer, phon, cipu)
+    candidates = default_candidates(candidates, theme, composer.judge is not None)  # None: 1, or 4 themed
     if candidates < 1:
         raise ParameterError("candidates", candidates, ">= 1")
-    composer = composer or Composer(tokenizer, phon, cipu)
     assert composer.vocab.tok is tokenizer, "a Composer serves the tokenizer it was built for"
     if candidates > 1 and composer.judge is None:
         raise TianciError("choosing among candidates needs a judge: the corpus the run was trained on",
@@ -374,7 +376,7 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
             acrostic: str | None = None, temperature: float = S.temperature, top_k: int | None = S.top_k,
             top_p: float | None = S.top_p, min_p: float | None = S.min_p, seed: int | None = None,
             author: str | None = None, on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-            variant: int | None = None, composer: Composer | None = None, candidates: int = 1,
+            variant: int | None = None, composer: Composer | None = None, candidates: int | None = None,
             theme: str | None = None, engine=None, cancelled=None) -> ComposeResult:
     """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TianciError
-from ..sampling import COMPOSE_SAMPLING as S
+from ..sampling import COMPOSE_SAMPLING as S, default_candidates
 from .cipai import CiPu, Form, allowed_marks
 from .corpus_stats import CorpusStats
 from .judge import Judge, craft, normalise, summarise
@@ -154,17 +154,18 @@ def turing_test(gen: list[str], real: list[str], seed: int = 0, folds: int = 5, 
 def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top: int = 30,
              seed: int = 0, temperature: float = S.temperature, top_k: int | None = S.top_k,
              top_p: float | None = S.top_p, min_p: float | None = S.min_p, max_real: int = 10,
-             candidates: int = 1, clause_ends: bool = True, judge: Judge | None = None, themes: bool = False,
+             candidates: int | None = None, clause_ends: bool = True, judge: Judge | None = None, themes: bool = False,
              log=None) -> dict:
     """The report of `tianci compose-eval`: k poems for each of the top 词牌 at this sampling setting,
     seeds seed + i (the same poems for the same arguments), next to the same real poems. themes: each
     词牌's poems are asked for 1-3 theme words drawn (tianci.themes) from one of its held-out poems, and
-    the report counts how many appear."""
+    the report counts how many appear. candidates=None: what compose does (sampling.default_candidates)."""
     from ..themes import ThemeWords
     from .compose import Composer, compose_batch
 
     train_text = "\n\n".join("\n".join(p.paragraphs) for p in corpus.poems if p.split != "val")
     judge = judge or Judge.from_corpus(corpus)
+    candidates = default_candidates(candidates, themes, True)
     composer = Composer(tokenizer, cp.phon, cp, judge=judge, clause_ends=clause_ends)
     train_poems = train_text.split("\n\n")
     # the bar of `prepare --themes` (a word >= 20 train poems share) on the ci corpus (18,985 train

@@ -9,7 +9,8 @@
   word's next character right after its previous one, so the word is written whole; a word once
   written gets no more. Added after the form's masks: a preference among what the form allows,
   never past it, so a word whose tones fit nowhere can stay missing. With `--candidates M`, a draft
-  holding more of the words wins over a more fluent one holding fewer.
+  holding more of the words wins over a more fluent one holding fewer; a themed poem gets
+  `sampling.THEME_CANDIDATES` drafts unless the caller asks for a number.
 """
 
 from __future__ import annotations

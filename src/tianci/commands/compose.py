@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ParameterError, TianciError
-from ..sampling import COMPOSE_SAMPLING, add_sampling_flags, check_sampling
+from ..sampling import COMPOSE_SAMPLING, THEME_CANDIDATES, add_sampling_flags, check_sampling
 
 
 def add_arguments(p) -> None:
@@ -19,8 +19,9 @@ def add_arguments(p) -> None:
     add_sampling_flags(p, COMPOSE_SAMPLING)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--candidates", type=int, default=1, help="drafts per poem, decoded in one batch; an independent "
-                   "judge (a Kneser–Ney 5-gram of the training poems plus craft rules) keeps the best (default 1)")
+    p.add_argument("--candidates", type=int, default=None, help="drafts per poem, decoded in one batch; an "
+                   "independent judge (a Kneser–Ney 5-gram of the training poems plus craft rules) keeps the best "
+                   f"(default 1, or {THEME_CANDIDATES} with --theme when the training poems are at hand)")
     p.add_argument("--variant", type=int, default=None, help="词谱 variant index (see `tianci cipai NAME`)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
     p.add_argument("--rhyme-source", default=None, help="rhyme tables (default TIANCI_RHYME_SOURCE)")
@@ -41,13 +42,15 @@ def run(args) -> int:
     if not 1 <= args.num_samples <= 64:
         raise ParameterError("num_samples", args.num_samples, "1..64")
     check_sampling(args.temperature, args.top_k, args.top_p, args.min_p)
-    if not 1 <= args.candidates <= 16:
+    if args.candidates is not None and not 1 <= args.candidates <= 16:
         raise ParameterError("candidates", args.candidates, "1..16")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
     device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
     judge = None
-    if args.candidates > 1:
+    if args.candidates is None and args.theme and cp.corpus is not None:
+        args.candidates = THEME_CANDIDATES  # a themed poem: the best of several drafts (ci.theme.default_candidates)
+    if (args.candidates or 1) > 1:
         from ..ci.judge import Judge
 
         if cp.corpus is None:

@@ -23,7 +23,8 @@ def add_arguments(p) -> None:
                    'a name not given keeps its flag\'s value): one table row per setting')
     p.add_argument("--themes", action="store_true", help="ask each 词牌's poems for 1-3 theme words drawn from one "
                    "of its held-out poems, and count how many appear (what --theme costs, measured)")
-    p.add_argument("--candidates", type=int, default=1, help="drafts per poem, the judge keeps the best (default 1)")
+    p.add_argument("--candidates", type=int, default=None, help="drafts per poem, the judge keeps the best (default: "
+                   "what compose does, 1, or 4 with --themes)")
     p.add_argument("--clause-ends", choices=["on", "off"], default="on",
                    help="keep clauses from ending on characters real ci almost never ends one with (default on)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
@@ -42,7 +43,7 @@ def run(args) -> int:
         raise ParameterError("k", args.k, "1..64")
     if not 1 <= args.top <= 1000:
         raise ParameterError("top", args.top, "1..1000")
-    if not 1 <= args.candidates <= 16:
+    if args.candidates is not None and not 1 <= args.candidates <= 16:
         raise ParameterError("candidates", args.candidates, "1..16")
     setting = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
                    min_p=args.min_p or None)

@@ -55,13 +55,17 @@ class AppState:
         return self.cipu
 
     def composer(self):
-        """The one `ci.compose.Composer` of this run (the CLI builds the same one per command)."""
+        """The one `ci.compose.Composer` of this run (the CLI builds the same one per command). With
+        the training poems at hand it has the judge, so a themed request gets the best of
+        THEME_CANDIDATES drafts as `tianci compose --theme` does (built once: ~2 s on the ci corpus)."""
         from ..ci.compose import Composer
+        from ..ci.judge import Judge
 
         cp = self.need_cipu()
         with self._compose_lock:
             if self._composer is None:
-                self._composer = Composer(self.run.tokenizer, cp.phon, cp)
+                judge = Judge.from_corpus(cp.corpus) if cp.corpus is not None else None
+                self._composer = Composer(self.run.tokenizer, cp.phon, cp, judge=judge)
             return self._composer
 
     def choose(self, cipai: str, variant: int | None, start: str | None, acrostic: str | None):
