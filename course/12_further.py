@@ -34,9 +34,9 @@ data = data_dir()
 # %% [markdown]
 # ## 1. ci-cpu 和经典 nanoGPT 的区别 / ci-cpu against the classic nanoGPT
 #
-# 两个预设形状一样（4 层、4 头、128 宽、上下文 64、batch 12），区别全在开关上：
-# The two presets have the same shape (4 layers, 4 heads, 128 wide, context 64, batch 12); the differences are
-# all switches:
+# 两个预设形状一样（4 层、4 头、128 宽、上下文 64），区别在开关上，外加 ci-cpu 一步看两倍的字（batch 24）：
+# The two presets have the same shape (4 layers, 4 heads, 128 wide, context 64); the differences are switches,
+# and ci-cpu's step sees twice the text (batch 24):
 
 # %%
 classic, modern = load_preset("nanogpt-cpu"), load_preset("ci-cpu")
@@ -55,6 +55,8 @@ for sec in ("model", "train"):
 # - **共享嵌入**（`tie_embeddings`）：`lm_head` 和 `wte` 用同一个矩阵。/ `lm_head` and `wte` share one matrix.
 # - **零初始化投影**（`zero_init_proj`）：每个块一开始是恒等映射。/ each block starts as the identity.
 # - 没有偏置、更大的学习率 3e-3、`beta2=0.99`。/ no biases, a larger learning rate, `beta2=0.99`.
+# - batch 24：10 分钟里比 batch 12 学得更好（整个验证集 3.986 对 4.005，预设文件里有对比）。/ batch 24: better
+#   than 12 over 10 minutes (3.986 vs 4.005 on the whole val split; the comparison is in the preset file).
 
 # %%
 from tianci.attention import _qk_prepare, _rope
