@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ParameterError, TianciError
-from ..sampling import COMPOSE_SAMPLING, THEME_CANDIDATES, add_sampling_flags, check_sampling
+from ..sampling import COMPOSE_SAMPLING, THEME_CANDIDATES, add_sampling_flags, check_sampling, default_candidates
 
 
 def add_arguments(p) -> None:
@@ -48,9 +48,8 @@ def run(args) -> int:
     device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
     judge = None
-    if args.candidates is None and args.theme and cp.corpus is not None:
-        args.candidates = THEME_CANDIDATES  # a themed poem: the best of several drafts (ci.theme.default_candidates)
-    if (args.candidates or 1) > 1:
+    # a judge when drafts are to be chosen: asked for, or a themed poem's default (compose resolves None the same way)
+    if default_candidates(args.candidates, args.theme, cp.corpus is not None) > 1:
         from ..ci.judge import Judge
 
         if cp.corpus is None:

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..errors import ParameterError, TianciError
-from ..sampling import COMPOSE_SAMPLING, add_sampling_flags, check_sampling
+from ..sampling import COMPOSE_SAMPLING, THEME_CANDIDATES, add_sampling_flags, check_sampling
 
 
 def add_arguments(p) -> None:
@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--themes", action="store_true", help="ask each 词牌's poems for 1-3 theme words drawn from one "
                    "of its held-out poems, and count how many appear (what --theme costs, measured)")
     p.add_argument("--candidates", type=int, default=None, help="drafts per poem, the judge keeps the best (default: "
-                   "what compose does, 1, or 4 with --themes)")
+                   f"what compose does, 1, or {THEME_CANDIDATES} with --themes)")
     p.add_argument("--clause-ends", choices=["on", "off"], default="on",
                    help="keep clauses from ending on characters real ci almost never ends one with (default on)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
