@@ -136,3 +136,50 @@ def test_turing_test_sees_an_obvious_machine():
                                           for _ in range(100))]
     r = turing_test(gen, real, seed=0)
     assert r["auc"] > 0.9 and r["n"] == 200 and r["machine"][0] == "不", r
+
+
+def test_critic_scores_exactly_as_scikit_learn_and_survives_a_round_trip(tmp_path):
+    """Guards the critic's numpy scoring drifting from the TF-IDF + logistic regression it was fitted as
+    (composing does not import scikit-learn, so a wrong tf, idf or norm would silently rerank by
+    nonsense), the saved file losing precision, and the sign: + is the machine."""
+    pytest.importorskip("sklearn")
+    from tianci.ci.critic import Critic
+
+    rng = random.Random(1)
+    real = corpus(120, seed=2)
+    gen = ["".join(rng.choice("春花不间") + c for c in t[:6]) + "，不知。" for t in corpus(120, seed=3)]
+    c = Critic.fit(gen, real)
+    assert c.cv_auc > 0.9 and (c.n_gen, c.n_real) == (120, 120)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    ref = make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True),
+                        LogisticRegression(C=c.C, max_iter=2000)).fit([normalise(t) for t in gen + real],
+                                                                      [1] * 120 + [0] * 120)
+    probe = corpus(20, seed=9) + gen[:5] + ["", "龘龘。"]  # unseen poems, drafts, nothing known
+    want = ref.decision_function([normalise(t) for t in probe])
+    np.testing.assert_allclose(c.logits(probe), want, rtol=1e-9, atol=1e-9)
+    assert c.logits(gen[:20]).mean() > 0 > c.logits(real[:20]).mean()
+    c.save(tmp_path)
+    back = Critic.load(tmp_path)
+    np.testing.assert_allclose(back.logits(probe), want, rtol=1e-9, atol=1e-9)
+    assert Critic.load(tmp_path / "elsewhere") is None
+
+
+def test_the_judge_adds_the_critic_log_odds_to_its_score():
+    """Guards a critic that is loaded but never consulted: the judge's score of a draft is its
+    fluency and craft plus critic_weight times the critic's log-odds, so a machine-like draft loses."""
+    pytest.importorskip("sklearn")
+    from tianci.ci.critic import Critic
+    from tianci.ci.judge import Judge
+
+    real = corpus(100, seed=4)
+    gen = [t[:4] + "不" + t[5:] for t in corpus(100, seed=5)]
+    critic = Critic.fit(gen, real)
+    plain = Judge(KneserNey(real, 3), ClauseEnds(real))
+    judged = Judge(plain.lm, plain.ends, critic=critic, critic_weight=2.0)
+    texts = [gen[0], real[0]]
+    want = [a + 2.0 * b for a, b in zip(plain.scores(texts), critic.logits(texts))]
+    assert judged.scores(texts) == pytest.approx(want)
+    assert judged.scores(texts)[0] - judged.scores(texts)[1] > plain.scores(texts)[0] - plain.scores(texts)[1]

@@ -64,7 +64,8 @@ TRAIN_CUT = {"--max-iters": 2, "--max-time": 1, "--eval-iters": 1, "--eval-inter
              "--no-progress": None}
 CUTS = {"train": TRAIN_CUT, "sample": {"--max-new-tokens": 8},
         "bench": {"--steps": 1, "--rounds": 1, "--decode-tokens": 2, "--peak-size": 128, "--quiet": None},
-        "ladder": {"--budget-seconds": 0.25, "--rungs": ["counting", "bigram", "ci-cpu"]}}
+        "ladder": {"--budget-seconds": 0.25, "--rungs": ["counting", "bigram", "ci-cpu"]},
+        "critic": {"--k": 6}}
 RESUME_CUT = {"--max-iters": 4, "--max-time": 1, "--no-progress": None}  # a few more steps, not 10 minutes
 # Dropped flags, each with its reason. --compile / --decode-compile: torch.compile of the decoding step
 # takes 1-3 minutes on a 2-core CPU; test_generate.py::test_compiled_decoding_matches_eager runs it.

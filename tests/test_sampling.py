@@ -245,3 +245,34 @@ def test_compose_eval_themes_are_asked_and_counted_from_the_text(world, rhyme_di
     assert asked > 0, "no theme was asked for: the measure is off"
     assert (rep["overall"]["theme_asked"], rep["overall"]["theme_found"]) == (asked, found)
     assert f"theme words found {found / asked:.1%} ({found} of {asked} asked)" in printed
+
+
+def test_tianci_critic_fits_one_that_compose_and_compose_eval_then_use(world, rhyme_dir, tmp_path, capsys):
+    """Guards `tianci critic` (issue 12: reranking toward real ci) writing a critic nobody reads: after it,
+    compose-eval's default is CRITIC_CANDIDATES drafts chosen with the critic (the report says which
+    critic), `--critic off` is the judge alone, and `tianci compose` keeps the best of as many drafts."""
+    pytest.importorskip("sklearn")
+    import shutil
+
+    from tianci.ci.critic import FILE, Critic
+    from tianci.sampling import CRITIC_CANDIDATES
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)  # the module's run stays critic-free for the other tests
+    src = ["--data", str(world["data"]), "--cipu-source", str(world["cipu_dir"]), "--rhyme-source", str(rhyme_dir)]
+    assert main(["critic", "--run", str(run), *src, "--top", "3", "--k", "6"]) == 0
+    out = capsys.readouterr().out
+    critic = Critic.load(run)
+    assert (run / FILE).is_file() and critic.n_gen == critic.n_real > 5 and f"{critic.cv_auc:.3f}" in out
+    argv = ["compose-eval", "--run", str(run), *src, "--k", "3", "--top", "2", "--seed", "4", "--json"]
+    assert main(argv) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["candidates"] == CRITIC_CANDIDATES and rep["critic"]["cv_auc"] == critic.cv_auc
+    assert main([*argv, "--critic", "off"]) == 0
+    off = json.loads(capsys.readouterr().out)
+    assert off["candidates"] == 1 and off["critic"] is None
+    compose = ["compose", "--run", str(run), *src, "--cipai", "浣溪沙", "--seed", "3", "--author", "某"]
+    assert main(compose) == 0
+    default = capsys.readouterr().out
+    assert main([*compose, "--candidates", str(CRITIC_CANDIDATES)]) == 0
+    assert capsys.readouterr().out == default

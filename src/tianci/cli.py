@@ -17,6 +17,7 @@ COMMANDS = {
     "sample": ("sample", "sample text from a trained run"),
     "compose": ("compose", "compose a ci to a chosen 词牌 (form, tone and rhyme guaranteed)"),
     "compose-eval": ("compose_eval", "measure form/tone/rhyme compliance, fluency and novelty"),
+    "critic": ("critic", "fit a run's critic: composing then keeps the most human-like of its drafts"),
     "cipai": ("cipai", "show the form of a 词牌, or list the known ones"),
     "serve": ("serve", "web playground + OpenAI-compatible API"),
     "ladder": ("ladder", "train every rung of the ladder on one budget and compare"),

@@ -31,12 +31,19 @@ COMPOSE_SAMPLING = Sampling(temperature=0.8, top_p=0.95)
 # (docs/compose.md §7; tianci.ci.theme); four drafts of a short ci decode in one batch, well under a second
 THEME_CANDIDATES = 4
 
+# drafts per poem when the run has a critic (`tianci critic`, tianci.ci.critic), themed or not: the judge
+# with the critic keeps the one that reads least like the machine (docs/compose.md §9, measured)
+CRITIC_CANDIDATES = 8
 
-def default_candidates(candidates: int | None, theme, has_judge: bool) -> int:
-    """candidates as asked, or when not asked (None): THEME_CANDIDATES for a themed poem with a
-    judge to choose among drafts, else 1. The one default of compose, compose-eval and the server."""
+
+def default_candidates(candidates: int | None, theme, has_judge: bool, has_critic: bool = False) -> int:
+    """candidates as asked, or when not asked (None): CRITIC_CANDIDATES when the judge has the run's
+    critic, THEME_CANDIDATES for a themed poem with a judge to choose among drafts, else 1. The one
+    default of compose, compose-eval and the server."""
     if candidates is not None:
         return candidates
+    if has_judge and has_critic:
+        return max(CRITIC_CANDIDATES, THEME_CANDIDATES if theme else 1)
     return THEME_CANDIDATES if theme and has_judge else 1
 
 

@@ -273,15 +273,16 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
                   cancelled=None) -> list[ComposeResult]:
     """`n` poems to one form, decoded together as one batch. With candidates=M > 1 (needs a
     composer with a judge), n × M drafts are decoded in one batch and each poem is the best of its
-    M by the judge (`judge.Judge.scores`); candidates=None: 1, or THEME_CANDIDATES for a themed poem
-    when the composer has a judge (`sampling.default_candidates`). engine: decode the rows in a `tianci.engine.Engine`'s
+    M by the judge (`judge.Judge.scores`); candidates=None: CRITIC_CANDIDATES when the judge has the run's
+    critic, else 1, or THEME_CANDIDATES for a themed poem when the composer has a judge (`sampling.default_candidates`). engine: decode the rows in a `tianci.engine.Engine`'s
     batches instead (the server), each on its own (`batched.run_rows`; `cancelled`, a threading.Event,
     stops them). See `compose`."""
     t0 = time.perf_counter()
     if n < 1:
         raise ParameterError("n", n, ">= 1", "the number of poems to compose")
     composer = composer or Composer(tokenizer, phon, cipu)
-    candidates = default_candidates(candidates, theme, composer.judge is not None)  # None: 1, or 4 themed
+    judge = composer.judge
+    candidates = default_candidates(candidates, theme, judge is not None, judge is not None and judge.critic is not None)
     if candidates < 1:
         raise ParameterError("candidates", candidates, ">= 1")
     assert composer.vocab.tok is tokenizer, "a Composer serves the tokenizer it was built for"

@@ -165,7 +165,7 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
 
     train_text = "\n\n".join("\n".join(p.paragraphs) for p in corpus.poems if p.split != "val")
     judge = judge or Judge.from_corpus(corpus)
-    candidates = default_candidates(candidates, themes, True)
+    candidates = default_candidates(candidates, themes, True, judge.critic is not None)
     composer = Composer(tokenizer, cp.phon, cp, judge=judge, clause_ends=clause_ends)
     train_poems = train_text.split("\n\n")
     # the bar of `prepare --themes` (a word >= 20 train poems share) on the ci corpus (18,985 train
@@ -219,6 +219,7 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
             log(format_row(row))
     return {"k": k, "top": top, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
             "min_p": min_p, "candidates": candidates, "clause_ends": clause_ends, "themes": themes,
+            "critic": None if judge.critic is None else judge.critic.summary(),
             "judge_order": judge.lm.order,
             "per_cipai": rows, "overall": _overall(rows), "turing": turing_test(*pairs, seed=seed)}
 
@@ -311,6 +312,11 @@ def format_summary(report: dict) -> str:
              f"(self-scored NLL, the generating model on its own poems, no measure of quality: "
              f"{o['self_nll_gen']:.3f} vs real {o['self_nll_real']:.3f})",
              f"longest copy {o['longest_copy']} ({o['copies_ge8']} poems ≥ 8)"]
+    if report.get("candidates", 1) > 1:
+        c = report.get("critic")
+        lines.append(f"each poem the best of {report['candidates']} drafts by the judge" + (
+            f" and the run's critic ({c['n_gen']} drafts vs {c['n_real']} real train-split poems; "
+            f"its own CV AUC {c['cv_auc']:.3f})" if c else ""))
     if o.get("theme_asked"):
         lines.append(f"theme words found {o['theme_found'] / o['theme_asked']:.1%} ({o['theme_found']} of "
                      f"{o['theme_asked']} asked); every word in {o['theme_all']} of {o['theme_poems']} poems")

@@ -27,6 +27,7 @@ import numpy as np
 from .tones import is_han
 
 BREAK = "/"
+CRITIC_WEIGHT = 0.5
 BITS = 12  # bits per character id in an n-gram code: 5 × 12 = 60 < 63
 BOS, UNK = 0, 1
 
@@ -211,24 +212,38 @@ def train_texts(corpus) -> list[str]:
 
 @dataclass(frozen=True)
 class Judge:
-    """What reranking scores candidates with: the independent n-gram and the craft rules."""
+    """What reranking scores candidates with: the independent n-gram and the craft rules, plus the
+    run's critic when it has one (tianci.ci.critic: how much a draft reads like this machine)."""
 
     lm: KneserNey
     ends: ClauseEnds
     # nats added per fault, on the scale of a poem's mean nats per symbol (~5): a fault costs
     # about what a tenth of a nat per symbol of fluency is worth over a 50-symbol poem
     penalty: float = 0.1
+    critic: object = None  # a critic.Critic, or None
+    # the critic's log-odds added per nat of judge fluency: chosen by compose-eval (docs/compose.md §9)
+    critic_weight: float = CRITIC_WEIGHT
 
     @classmethod
-    def from_corpus(cls, corpus, order: int = 5) -> "Judge":
+    def from_corpus(cls, corpus, order: int = 5, critic=None) -> "Judge":
         texts = train_texts(corpus)
-        return cls(KneserNey(texts, order), ClauseEnds(texts))
+        return cls(KneserNey(texts, order), ClauseEnds(texts), critic=critic)
+
+    @classmethod
+    def for_run(cls, corpus, run_dir) -> "Judge":
+        """The judge composing uses for a run: the corpus's, with the run's critic if it has one."""
+        from .critic import Critic
+
+        return cls.from_corpus(corpus, critic=Critic.load(run_dir))
 
     def scores(self, texts: list[str], rhyme: tuple[int, ...] = (), repeat: tuple[int, ...] = ()) -> list[float]:
         """Lower is better: judge nats per symbol plus `penalty` per broken clause, unintended
-        reduplication (AA) and repeated rhyme character."""
+        reduplication (AA) and repeated rhyme character, plus critic_weight × the critic's log-odds
+        that the draft is the machine's."""
         out = []
         for t, nll in zip(texts, self.lm.nlls(texts)):
             c = craft(t, self.ends, rhyme, repeat)
             out.append(nll + self.penalty * (c.broken + c.redup + c.rhyme_repeats))
+        if self.critic is not None and texts:
+            out = [s + self.critic_weight * float(x) for s, x in zip(out, self.critic.logits(texts))]
         return out

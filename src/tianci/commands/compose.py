@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ParameterError, TianciError
-from ..sampling import COMPOSE_SAMPLING, THEME_CANDIDATES, add_sampling_flags, check_sampling, default_candidates
+from ..sampling import COMPOSE_SAMPLING, CRITIC_CANDIDATES, THEME_CANDIDATES, add_sampling_flags, check_sampling, default_candidates
 
 
 def add_arguments(p) -> None:
@@ -20,8 +20,10 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--candidates", type=int, default=None, help="drafts per poem, decoded in one batch; an "
-                   "independent judge (a Kneser–Ney 5-gram of the training poems plus craft rules) keeps the best "
-                   f"(default 1, or {THEME_CANDIDATES} with --theme when the training poems are at hand)")
+                   "independent judge (a Kneser–Ney 5-gram of the training poems plus craft rules, and the run's "
+                   "critic if `tianci critic` fitted one) keeps the best (default: "
+                   f"{CRITIC_CANDIDATES} when the run has a critic, else 1, or {THEME_CANDIDATES} with --theme when "
+                   "the training poems are at hand)")
     p.add_argument("--variant", type=int, default=None, help="词谱 variant index (see `tianci cipai NAME`)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
     p.add_argument("--rhyme-source", default=None, help="rhyme tables (default TIANCI_RHYME_SOURCE)")
@@ -47,15 +49,19 @@ def run(args) -> int:
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
     device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
+    from ..ci.critic import Critic
+
     judge = None
-    # a judge when drafts are to be chosen: asked for, or a themed poem's default (compose resolves None the same way)
-    if default_candidates(args.candidates, args.theme, cp.corpus is not None) > 1:
+    critic = Critic.load(args.run) if cp.corpus is not None else None
+    # a judge when drafts are to be chosen: asked for, or the default with a critic or a theme (compose
+    # resolves None the same way)
+    if default_candidates(args.candidates, args.theme, cp.corpus is not None, critic is not None) > 1:
         from ..ci.judge import Judge
 
         if cp.corpus is None:
             raise TianciError("choosing among candidates needs the training poems for its judge", param="candidates",
                               allowed="1 without a corpus", hints={"cli": "give the data directory with --data"})
-        judge = Judge.from_corpus(cp.corpus)
+        judge = Judge.from_corpus(cp.corpus, critic=critic)
     composer = Composer(r.tokenizer, cp.phon, cp, judge=judge)
     choice = composer.choose(args.cipai, args.variant, args.start, args.acrostic)  # refuses before any output
     form = choice.form

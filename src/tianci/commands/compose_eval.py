@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..errors import ParameterError, TianciError
-from ..sampling import COMPOSE_SAMPLING, THEME_CANDIDATES, add_sampling_flags, check_sampling
+from ..sampling import COMPOSE_SAMPLING, CRITIC_CANDIDATES, THEME_CANDIDATES, add_sampling_flags, check_sampling
 
 
 def add_arguments(p) -> None:
@@ -24,7 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--themes", action="store_true", help="ask each 词牌's poems for 1-3 theme words drawn from one "
                    "of its held-out poems, and count how many appear (what --theme costs, measured)")
     p.add_argument("--candidates", type=int, default=None, help="drafts per poem, the judge keeps the best (default: "
-                   f"what compose does, 1, or {THEME_CANDIDATES} with --themes)")
+                   f"what compose does: {CRITIC_CANDIDATES} with the run's critic, else 1, or {THEME_CANDIDATES} with --themes)")
+    p.add_argument("--critic", choices=["on", "off"], default="on", help="use the run's critic (`tianci critic`) "
+                   "when it has one, as compose does (default on; off: the judge alone)")
     p.add_argument("--clause-ends", choices=["on", "off"], default="on",
                    help="keep clauses from ending on characters real ci almost never ends one with (default on)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
@@ -38,6 +40,7 @@ def run(args) -> int:
     from ..ci.cipai import data_dir_of_run, open_cipu
     from ..ci.compose_eval import HEADER, evaluate, format_summary, format_table, write_json
     from ..ci.compose_sweep import format_sweep, parse_sweep, sweep
+    from ..ci.judge import Judge
 
     if not 1 <= args.k <= 64:
         raise ParameterError("k", args.k, "1..64")
@@ -56,7 +59,8 @@ def run(args) -> int:
                           hints={"cli": "give one with --data"})
     cp = open_cipu(args.cipu_source, data, args.rhyme_source)
     r = load_run(args.run, device=args.device, which=args.which)
-    shared = dict(k=args.k, top=args.top, seed=args.seed, candidates=args.candidates,
+    judge = Judge.for_run(cp.corpus, args.run) if args.critic == "on" else Judge.from_corpus(cp.corpus)
+    shared = dict(k=args.k, top=args.top, seed=args.seed, candidates=args.candidates, judge=judge,
                   clause_ends=args.clause_ends == "on", themes=args.themes)
     if settings is not None:
         report = sweep(r.model, r.tokenizer, cp, cp.corpus, settings, log=log, **shared)

@@ -64,7 +64,7 @@ class AppState:
         cp = self.need_cipu()
         with self._compose_lock:
             if self._composer is None:
-                judge = Judge.from_corpus(cp.corpus) if cp.corpus is not None else None
+                judge = Judge.for_run(cp.corpus, self.run.run_dir) if cp.corpus is not None else None
                 self._composer = Composer(self.run.tokenizer, cp.phon, cp, judge=judge)
             return self._composer
 
