@@ -63,6 +63,7 @@ def run(args) -> int:
                               allowed="1 without a corpus", hints={"cli": "give the data directory with --data"})
         judge = Judge.from_corpus(cp.corpus, critic=critic)
     composer = Composer(r.tokenizer, cp.phon, cp, judge=judge)
+    drafts = default_candidates(args.candidates, args.theme, judge is not None, critic is not None)
     choice = composer.choose(args.cipai, args.variant, args.start, args.acrostic)  # refuses before any output
     form = choice.form
     if choice.note:
@@ -84,6 +85,8 @@ def run(args) -> int:
                       on_text=emit, composer=composer, candidates=args.candidates, theme=args.theme)
         which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
         note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"
+        if drafts > 1:
+            note += f"; best of {drafts} drafts" + (" (judge + critic)" if critic is not None else " (judge)")
         if res.theme:
             note += f"; theme {len(res.theme_found)}/{len(res.theme)}" + "".join(
                 f" ({w} missing)" for w in res.theme if w not in res.theme_found)
