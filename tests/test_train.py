@@ -352,3 +352,27 @@ def test_trainer_follows_the_wsd_schedule(tiny_data, tmp_path, capsys):
     want = [0.01 * lr_multiplier(s, tc) for s in range(8)]
     assert lrs == pytest.approx(want)
     assert max(lrs) == pytest.approx(0.01) and lrs.count(max(lrs)) >= 2 and lrs[-1] < lrs[-2] < 0.01
+
+
+def test_cautious_weight_decay_decays_only_where_the_step_moves_toward_zero():
+    """Guards `--cautious-wd` decaying every coordinate (plain AdamW), none, or the wrong side: after one
+    step it equals AdamW without decay, minus lr * wd * p exactly where that step and the weight have
+    opposite signs; no-decay groups (gains, biases) are untouched; the trainer builds it from the flag."""
+    from tianci.config import TrainConfig
+    from tianci.optim import CautiousAdamW, build_optimizers
+
+    torch.manual_seed(0)
+    w0, grad = torch.randn(6, 5), torch.randn(6, 5)
+    a, b = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    ref = torch.optim.AdamW([a], lr=0.1, weight_decay=0.0, foreach=True)
+    cau = CautiousAdamW([{"params": [b], "weight_decay": 0.5}], lr=0.1, foreach=True)
+    a.grad, b.grad = grad.clone(), grad.clone()
+    ref.step()
+    cau.step()
+    toward_zero = (a.detach() - w0) * w0 < 0
+    assert 0 < toward_zero.sum() < toward_zero.numel()
+    torch.testing.assert_close(b.detach(), a.detach() - 0.1 * 0.5 * w0 * toward_zero)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt, = build_optimizers(m, TrainConfig(cautious_wd=True, weight_decay=0.1), "cpu")
+    assert isinstance(opt, CautiousAdamW) and [g["cautious_wd"] for g in opt.param_groups] == [0.1, 0.0]
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)

@@ -197,6 +197,8 @@ class TrainConfig:
     cooldown_frac: float = _f(0.4, "lr_schedule=wsd: the fraction of the budget (steps after warmup, or max_time) "
                               "spent in the linear cooldown", lo=0.0, hi=1.0, lo_open=True)
     weight_decay: float = _f(0.1, "AdamW weight decay on matrices and embeddings", lo=0.0)
+    cautious_wd: bool = _f(False, "cautious weight decay: decay only the coordinates AdamW's step already moves "
+                           "toward zero (Chen et al. 2025; tried for the speedrun, docs/speed.md)")
     beta1: float = _f(0.9, "AdamW beta1", lo=0.0, hi=1.0, hi_open=True)
     beta2: float = _f(0.95, "AdamW beta2", lo=0.0, hi=1.0, hi_open=True)
     grad_clip: float = _f(1.0, "clip the gradient norm to this; 0 = off", lo=0.0)

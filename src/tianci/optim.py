@@ -36,7 +36,30 @@ def _adamw(params, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     ]
     groups = [g for g in groups if g["params"]]
     kw = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **kw)
+    cls = CautiousAdamW if cfg.cautious_wd else torch.optim.AdamW
+    return cls(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **kw)
+
+
+class CautiousAdamW(torch.optim.AdamW):
+    """AdamW with cautious weight decay (Chen et al. 2025): the decoupled decay lr * wd * p is applied
+    only where the Adam step moves the coordinate toward zero (step and weight of opposite signs), so
+    decay never fights the gradient. Each group's weight decay is kept as `cautious_wd` and AdamW's own
+    is 0; the step is told apart from the weights by a copy taken before it."""
+
+    def __init__(self, params, **kw):
+        super().__init__(params, **kw)
+        for g in self.param_groups:
+            g["cautious_wd"], g["weight_decay"] = g["weight_decay"], 0.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        before = [[p.clone() for p in g["params"]] if g["cautious_wd"] else [] for g in self.param_groups]
+        loss = super().step(closure)
+        for g, old in zip(self.param_groups, before):
+            for p, p0 in zip(g["params"], old):
+                toward_zero = (p - p0) * p0 < 0
+                p.sub_(p0 * toward_zero, alpha=g["lr"] * g["cautious_wd"])
+        return loss
 
 
 def make_muon(params, cfg: TrainConfig) -> torch.optim.Optimizer:
