@@ -98,10 +98,15 @@ class Critic:
                    lr.coef_[0].astype(np.float64), float(lr.intercept_[0]), C, float(auc), len(gen), len(real))
 
     def save(self, run_dir) -> Path:
-        path = Path(run_dir) / FILE
+        """critic.json in the run directory, owned by the run (a retrained run drops a stale critic)."""
+        from ..files import Manifest, atomic_write
+
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         d["idf"], d["coef"] = self.idf.tolist(), self.coef.tolist()
-        path.write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+        path = atomic_write(Path(run_dir) / FILE, json.dumps(d, ensure_ascii=False))
+        manifest = Manifest.read(run_dir)
+        if manifest is not None:
+            manifest.add(FILE)
         return path
 
     @classmethod
@@ -110,7 +115,15 @@ class Critic:
         path = Path(run_dir) / FILE
         if not path.is_file():
             return None
-        d = json.loads(path.read_text(encoding="utf-8"))
+        from ..files import read_json
+
+        from ..errors import DataError
+
+        d = read_json(path, "critic")
+        want = {f.name for f in fields(cls) if f.init}
+        if not isinstance(d, dict) or set(d) != want:
+            raise DataError(f"critic {path} is not a critic tianci wrote (fit a new one: tianci critic --run "
+                            f"{Path(run_dir)})")
         d["idf"], d["coef"] = np.asarray(d["idf"], dtype=np.float64), np.asarray(d["coef"], dtype=np.float64)
         return cls(**d)
 
