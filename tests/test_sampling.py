@@ -276,3 +276,12 @@ def test_tianci_critic_fits_one_that_compose_and_compose_eval_then_use(world, rh
     default = capsys.readouterr().out
     assert main([*compose, "--candidates", str(CRITIC_CANDIDATES)]) == 0
     assert capsys.readouterr().out == default
+
+
+@pytest.mark.parametrize("cmd", ["critic", "compose-eval"])
+def test_a_run_without_its_corpus_is_one_clear_line(cmd, tmp_path, capsys):
+    """Guards `tianci critic` / `compose-eval` on a run whose config names no data directory crashing
+    (a traceback) instead of saying what is missing and how to give it (--data)."""
+    assert main([cmd, "--run", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"tianci {cmd}: error: no real poems to compare with"), err

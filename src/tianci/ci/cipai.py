@@ -306,6 +306,17 @@ def data_dir_of_run(run_dir) -> str | None:
     return d if (Path(d) / "poems.jsonl").is_file() else None
 
 
+def poems_for_run(run_dir, data=None) -> str:
+    """`data` if given, else the run's data directory; a TianciError when neither holds poems.jsonl
+    (compose-eval and critic compare the run's poems with real ones: they need the corpus)."""
+    data = data or data_dir_of_run(run_dir)
+    if data is None:
+        raise TianciError(f"no real poems to compare with: {run_dir}/config.json names no data directory with "
+                          "poems.jsonl", param="data", allowed="poems.jsonl or a prepared data directory",
+                          hints={"cli": "give one with --data"})
+    return data
+
+
 def open_cipu(source=None, data=None, rhyme_source=None, run_dir=None) -> CiPu:
     """词谱 + phonology + corpus statistics. `data`: poems.jsonl, its directory or a chinese-poetry
     directory; default: the run's data directory, else ./data/ci when it was prepared there."""

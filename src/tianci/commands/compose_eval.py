@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..errors import ParameterError, TianciError
+from ..errors import ParameterError
 from ..sampling import COMPOSE_SAMPLING, CRITIC_CANDIDATES, THEME_CANDIDATES, add_sampling_flags, check_sampling
 
 
@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..checkpoint import load_run
-    from ..ci.cipai import data_dir_of_run, open_cipu
+    from ..ci.cipai import open_cipu, poems_for_run
     from ..ci.compose_eval import HEADER, evaluate, format_summary, format_table, write_json
     from ..ci.compose_sweep import format_sweep, parse_sweep, sweep
     from ..ci.judge import Judge
@@ -52,12 +52,7 @@ def run(args) -> int:
                    min_p=args.min_p or None)
     check_sampling(**setting)
     settings = parse_sweep(args.sweep, setting) if args.sweep is not None else None  # refused before loading
-    data = args.data or data_dir_of_run(args.run)
-    if data is None:
-        raise TianciError(f"no corpus to compare with: {args.run}/config.json names no data directory with "
-                          "poems.jsonl", param="data", allowed="poems.jsonl or a prepared data directory",
-                          hints={"cli": "give one with --data"})
-    cp = open_cipu(args.cipu_source, data, args.rhyme_source)
+    cp = open_cipu(args.cipu_source, poems_for_run(args.run, args.data), args.rhyme_source)
     r = load_run(args.run, device=args.device, which=args.which)
     judge = Judge.for_run(cp.corpus, args.run) if args.critic == "on" else Judge.from_corpus(cp.corpus)
     shared = dict(k=args.k, top=args.top, seed=args.seed, candidates=args.candidates, judge=judge,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import ParameterError, TianciError
+from ..errors import ParameterError
 
 
 def add_arguments(p) -> None:
@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..checkpoint import load_run
-    from ..ci.cipai import data_dir_of_run, open_cipu
+    from ..ci.cipai import open_cipu, poems_for_run
     from ..ci.compose import Composer
     from ..ci.critic import FILE, fit_for_run
 
@@ -30,12 +30,7 @@ def run(args) -> int:
         raise ParameterError("top", args.top, "1..1000")
     if not 1 <= args.k <= 256:
         raise ParameterError("k", args.k, "1..256")
-    data = args.data or data_dir_of_run(args.run)
-    if data is None:
-        raise TianciError(f"no training poems to compare with: {args.run}/config.json names no data directory "
-                          "with poems.jsonl", param="data", allowed="poems.jsonl or a prepared data directory",
-                          hints={"cli": "give one with --data"})
-    cp = open_cipu(args.cipu_source, data, args.rhyme_source)
+    cp = open_cipu(args.cipu_source, poems_for_run(args.run, args.data), args.rhyme_source)
     r = load_run(args.run, device=args.device, which=args.which)
     composer = Composer(r.tokenizer, cp.phon, cp)
     critic = fit_for_run(r.model, r.tokenizer, cp, composer, top=args.top, k=args.k,
