@@ -32,11 +32,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import TianciError
 from ..sampling import COMPOSE_SAMPLING as S, default_candidates
 from .cipai import CiPu, Form, allowed_marks
 from .corpus_stats import CorpusStats
-from .judge import Judge, craft, normalise, summarise
+from .judge import Judge, craft, summarise
 from .tones import PING, ZE, Phonology, is_han
 
 COPY_FLAG = 8
@@ -117,37 +116,17 @@ def turing_test(gen: list[str], real: list[str], seed: int = 0, folds: int = 5, 
     """Cross-validated ROC AUC of a classifier telling `gen` (label 1) from `real` (0), and the
     character n-grams with the largest weights each way. The regularisation C is the best of a
     small grid by the same cross-validation: the classifier gets every chance to spot the machine."""
-    try:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import roc_auc_score
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
-        from sklearn.pipeline import make_pipeline
-    except ImportError:
-        raise TianciError("the machine Turing test needs scikit-learn", param="turing",
-                          hints={"cli": "pip install 'tianci[eval]'"}) from None
-    X = [normalise(t) for t in gen + real]
-    y = [1] * len(gen) + [0] * len(real)
-    if min(len(gen), len(real)) < folds:
-        return {"auc": math.nan, "n": len(X), "machine": [], "human": []}
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    from .critic import cross_validate
 
-    def pipe(C):
-        return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True),
-                             LogisticRegression(C=C, max_iter=2000))
-    best = None
-    for C in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
-        p = cross_val_predict(pipe(C), X, y, cv=cv, method="predict_proba")[:, 1]
-        auc = roc_auc_score(y, p)
-        if best is None or auc > best[0]:
-            best = (auc, C, p)
-    auc, C, p = best
-    model = pipe(C).fit(X, y)
+    if min(len(gen), len(real)) < folds:
+        return {"auc": math.nan, "n": len(gen) + len(real), "machine": [], "human": []}
+    auc, C, p, model = cross_validate(gen, real, (0.3, 1.0, 3.0, 10.0, 30.0, 100.0), seed, folds, what="turing")
+    y = [1] * len(gen) + [0] * len(real)
     names = model[0].get_feature_names_out()
     coef = model[1].coef_[0]
     order = coef.argsort()
-    return {"auc": float(auc), "accuracy": float(sum((q > 0.5) == bool(t) for q, t in zip(p, y)) / len(y)),
-            "C": C, "n": len(X), "machine": [str(names[i]) for i in order[::-1][:top]],
+    return {"auc": auc, "accuracy": float(sum((q > 0.5) == bool(t) for q, t in zip(p, y)) / len(y)),
+            "C": C, "n": len(y), "machine": [str(names[i]) for i in order[::-1][:top]],
             "human": [str(names[i]) for i in order[:top]]}
 
 

@@ -71,28 +71,10 @@ class Critic:
     @classmethod
     def fit(cls, gen: list[str], real: list[str], seed: int = 0) -> "Critic":
         """Fit on drafts (label 1) and real poems (0); C is the best of C_GRID by 5-fold ROC AUC."""
-        try:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.metrics import roc_auc_score
-            from sklearn.model_selection import StratifiedKFold, cross_val_predict
-            from sklearn.pipeline import make_pipeline
-        except ImportError:
-            raise TianciError("fitting a critic needs scikit-learn", param="critic",
-                              hints={"cli": "pip install 'tianci[eval]'"}) from None
         if min(len(gen), len(real)) < 5:
             raise TianciError(f"a critic needs at least 5 poems a side (got {len(gen)} drafts, {len(real)} real)",
                               param="critic", allowed=">= 5 a side")
-        X = [normalise(t) for t in gen + real]
-        y = [1] * len(gen) + [0] * len(real)
-        cv = StratifiedKFold(5, shuffle=True, random_state=seed)
-
-        def pipe(C):
-            return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=NGRAMS, sublinear_tf=True),
-                                 LogisticRegression(C=C, max_iter=2000))
-        auc, C = max((roc_auc_score(y, cross_val_predict(pipe(C), X, y, cv=cv, method="predict_proba")[:, 1]), C)
-                     for C in C_GRID)
-        m = pipe(C).fit(X, y)
+        auc, C, _, m = cross_validate(gen, real, C_GRID, seed, what="critic")
         vec, lr = m[0], m[1]
         return cls([str(g) for g in vec.get_feature_names_out()], vec.idf_.astype(np.float64),
                    lr.coef_[0].astype(np.float64), float(lr.intercept_[0]), C, float(auc), len(gen), len(real))
@@ -126,6 +108,37 @@ class Critic:
                             f"{Path(run_dir)})")
         d["idf"], d["coef"] = np.asarray(d["idf"], dtype=np.float64), np.asarray(d["coef"], dtype=np.float64)
         return cls(**d)
+
+
+def cross_validate(gen: list[str], real: list[str], grid, seed: int = 0, folds: int = 5, what: str = "critic"):
+    """The one machine-vs-real classifier, for the critic and compose-eval's Turing test alike: character
+    1-3-gram TF-IDF + logistic regression over `judge.normalise(text)`, gen labelled 1, real 0; C the
+    first best of `grid` by stratified k-fold ROC AUC. Returns (auc, C, the cross-validated P(machine)
+    of every text, the classifier refitted on all of them)."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.pipeline import make_pipeline
+    except ImportError:
+        raise TianciError(f"the {'critic' if what == 'critic' else 'machine Turing test'} needs scikit-learn",
+                          param=what, hints={"cli": "pip install 'tianci[eval]'"}) from None
+    X = [normalise(t) for t in gen + real]
+    y = [1] * len(gen) + [0] * len(real)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+
+    def pipe(C):
+        return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=NGRAMS, sublinear_tf=True),
+                             LogisticRegression(C=C, max_iter=2000))
+    best = None
+    for C in grid:
+        p = cross_val_predict(pipe(C), X, y, cv=cv, method="predict_proba")[:, 1]
+        auc = roc_auc_score(y, p)
+        if best is None or auc > best[0]:
+            best = (float(auc), C, p)
+    auc, C, p = best
+    return auc, C, p, pipe(C).fit(X, y)
 
 
 def _ngrams(text: str):

@@ -27,7 +27,7 @@ import numpy as np
 from .tones import is_han
 
 BREAK = "/"
-CRITIC_WEIGHT = 0.5
+CRITIC_WEIGHT = 0.5  # Judge.critic_weight's default: judge + 0.5 x critic, 8 drafts (docs/compose.md §9)
 BITS = 12  # bits per character id in an n-gram code: 5 × 12 = 60 < 63
 BOS, UNK = 0, 1
 

@@ -55,7 +55,8 @@ def run(args) -> int:
     critic = Critic.load(args.run) if cp.corpus is not None else None
     # a judge when drafts are to be chosen: asked for, or the default with a critic or a theme (compose
     # resolves None the same way)
-    if default_candidates(args.candidates, args.theme, cp.corpus is not None, critic is not None) > 1:
+    drafts = default_candidates(args.candidates, args.theme, cp.corpus is not None, critic is not None)
+    if drafts > 1:
         from ..ci.judge import Judge
 
         if cp.corpus is None:
@@ -63,7 +64,6 @@ def run(args) -> int:
                               allowed="1 without a corpus", hints={"cli": "give the data directory with --data"})
         judge = Judge.from_corpus(cp.corpus, critic=critic)
     composer = Composer(r.tokenizer, cp.phon, cp, judge=judge)
-    drafts = default_candidates(args.candidates, args.theme, judge is not None, critic is not None)
     choice = composer.choose(args.cipai, args.variant, args.start, args.acrostic)  # refuses before any output
     form = choice.form
     if choice.note:
