@@ -61,6 +61,26 @@ def test_fused_loss_ignore_index_and_no_grad():
     assert torch.allclose(a, F.cross_entropy(h @ w.t(), t), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_exact_where_the_target_probability_underflows(dtype):
+    """Guards the loss read off the fused softmax (-log p_target): a row whose target lies ~150 nats
+    below the best logit underflows p to 0 in fp32, and must still get logsumexp(z) - z_target,
+    finite, not inf, as F.cross_entropy gives; the ordinary rows beside it stay exact too."""
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(12, 8, generator=g)
+    w = torch.randn(V, 8, generator=g)
+    h[0] = 0.0
+    h[0, 0], w[:, 0] = 1.0, 0.0
+    w[5, 0], w[6, 0] = 100.0, -50.0  # row 0: logit 100 for token 5, -50 for its target 6
+    t = torch.randint(0, V, (12,), generator=g)
+    t[0] = 6
+    ref = F.cross_entropy(h @ w.t(), t)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        a = linear_cross_entropy(h, w, t)
+    assert torch.isfinite(a) and ref > 12  # row 0 alone adds 150 / 12 to the mean
+    assert torch.allclose(a.float(), ref, rtol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
 def test_fused_loss_gradcheck():
     """Guards the hand-written backward against any analytic slip (finite differences)."""
     g = torch.Generator().manual_seed(2)

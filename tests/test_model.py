@@ -223,3 +223,29 @@ def test_gpt_matches_independent_reference(impl):
     ours, _ = m(idx)
     ref = reference_forward(sd, idx, cfg.n_layer, cfg.n_head)
     assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-4), (ours - ref).abs().max()
+
+
+@pytest.mark.parametrize("compiling", [False, True])
+@pytest.mark.parametrize("pos0", [0, 5, "rows"])
+def test_rope_rotates_each_channel_pair_by_its_angle(monkeypatch, compiling, pos0):
+    """Guards both forms of RoPE (eager: a complex multiply; under torch.compile: the real formula)
+    against drifting from the rotation itself: channel pair (2i, 2i+1) of position p turned by
+    p / 10000^(2i/hs), written here as a 2x2 rotation matrix per pair, in fp64; also per-row positions
+    (the fixed-shape decoding step)."""
+    from tianci import attention
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    B, nh, T, hs = 3, 2, 4, 8
+    x = torch.randn(B, nh, T, hs, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([0, 2, 7]).view(B, 1, 1)
+    start = rows if pos0 == "rows" else torch.full((B, 1, 1), pos0)
+    got = attention._rope(x, rows if pos0 == "rows" else pos0)
+    want = torch.empty_like(x)
+    for b in range(B):
+        for t in range(T):
+            p = float(start[b, 0, 0]) + t
+            for i in range(hs // 2):
+                a = p / 10000 ** (2 * i / hs)
+                c, s = math.cos(a), math.sin(a)
+                x1, x2 = x[b, :, t, 2 * i], x[b, :, t, 2 * i + 1]
+                want[b, :, t, 2 * i], want[b, :, t, 2 * i + 1] = c * x1 - s * x2, s * x1 + c * x2
+    assert torch.allclose(got, want, atol=1e-5)  # the angles are computed in fp32

