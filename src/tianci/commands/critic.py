@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import sys
 
+from ..ci.critic import K
 from ..errors import ParameterError
 
 
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="run directory (a GPT trained with the char tokenizer)")
     p.add_argument("--top", type=int, default=60, help="draft for this many of the most common 词牌 (default 60)")
-    p.add_argument("--k", type=int, default=20, help="drafts per 词牌, each paired with a real train-split poem "
-                   "of it (default 20)")
+    p.add_argument("--k", type=int, default=K, help="drafts per 词牌, each paired with a real train-split poem "
+                   f"of it (default {K})")
     p.add_argument("--data", default=None, help="poems.jsonl or its data directory (default: the run's)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
     p.add_argument("--rhyme-source", default=None, help="rhyme tables (default TIANCI_RHYME_SOURCE)")
