@@ -13,6 +13,7 @@
 set -uo pipefail
 ROOT=${1:?data root}; DEST=${2:?out dir}; mkdir -p "$DEST"
 STEPS=${STEPS:-5000}; PRE=${PRE:-2500}; PRE2=${PRE2:-3750}; DEVICE=${DEVICE:-cuda}; K=${K:-10}
+PRESET=${PRESET:-ci-gpu}; TOP=${TOP:-30}  # tests/test_gpu_script.py: a tiny preset on the CPU
 PARTS=${PARTS:-123}; COMPILE=${COMPILE:---compile}; WORK=${WORK:-/tmp/gpu_ci}; EVAL_TIMEOUT=${EVAL_TIMEOUT:-240}
 OUT=$WORK/logs; rm -rf "$WORK"; mkdir -p "$OUT"
 # everything goes back as one archive, refreshed after each part (a call returns only a few files)
@@ -24,9 +25,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 
 if [[ $PARTS == *1* ]]; then
-echo "== 1. ci-gpu, $STEPS steps, alone on the device ($COMPILE)"
+echo "== 1. $PRESET, $STEPS steps, alone on the device ($COMPILE)"
 s=$(date +%s)
-$T --preset ci-gpu --data "$ROOT/ci" --out "$WORK/ci" --force --max-iters "$STEPS" --eval-interval 250 $COMPILE \
+$T --preset "$PRESET" --data "$ROOT/ci" --out "$WORK/ci" --force --max-iters "$STEPS" --eval-interval 250 $COMPILE \
   > "$OUT/ci.log" 2>&1
 echo "wall $(( $(date +%s) - s )) s (process start to exit)" | tee -a "$OUT/ci.log"
 tail -2 "$OUT/ci.log"; cp "$WORK/ci/metrics.jsonl" "$OUT/metrics_ci.jsonl"; pack
@@ -36,7 +37,7 @@ fi
 ce() {
   local dev
   for dev in "$DEVICE" cpu; do
-    OMP_NUM_THREADS=4 timeout "$EVAL_TIMEOUT" $PY -m tianci compose-eval --run "$WORK/$1" --k "$K" --top 30 \
+    OMP_NUM_THREADS=4 timeout "$EVAL_TIMEOUT" $PY -m tianci compose-eval --run "$WORK/$1" --k "$K" --top "$TOP" \
       --critic off --device "$dev" --cipu-source "$ROOT/cipu" --rhyme-source "$ROOT/rhyme" --out "$OUT/ce_$1.json" \
       > "$OUT/ce_$1.log" 2>&1
     local rc=$?; echo "device $dev rc=$rc" >> "$OUT/ce_$1.log"
@@ -48,7 +49,7 @@ if [[ $PARTS == *2* ]]; then
 echo "== 2. classical pretraining + ci fine-tuning, $STEPS steps in all, two splits side by side"
 arm() {
   local P=$1 log="$OUT/pre$1.log"
-  OMP_NUM_THREADS=4 $T --preset ci-gpu --data "$ROOT/classical" --out "$WORK/pre$P" --force --max-iters "$P" --eval-interval 500 \
+  OMP_NUM_THREADS=4 $T --preset "$PRESET" --data "$ROOT/classical" --out "$WORK/pre$P" --force --max-iters "$P" --eval-interval 500 \
     > "$log" 2>&1 &&
   OMP_NUM_THREADS=4 $T --init-from "$WORK/pre$P" --data "$ROOT/ci" --out "$WORK/ft$P" --force --max-iters $((STEPS - P)) \
     --eval-interval 250 >> "$log" 2>&1
