@@ -61,6 +61,8 @@ def test_speedrun_reports_time_to_target_and_a_miss(tiny_data, tmp_path, capsys)
     r, b = res["runs"]["record"], res["runs"]["baseline"]
     assert r["reached"] and r["stopped"] == "target" and r["step"] > 0 and r["val_at_target"] <= 4.3
     assert r["train_s"] > 0 and r["wall_s"] > 0 and (tmp_path / "runs" / "record" / "metrics.jsonl").is_file()
+    # the steps' own time: the trainer's clock less its evaluations (at least the one at step 0 ran first)
+    assert 0 < r["step_s"] < r["train_s"]
     assert not b["reached"] and b["stopped"] == "budget" and b["best_val"] > 4.3 and b["step"] is None
     assert res["ratio_train_s"] is None and res["ratio_train_s_at_least"] > 0
     assert "tiny-record" in printed and "tiny-base" in printed and "more than" in printed

@@ -34,7 +34,8 @@ CACHE_NAME = "dtype-auto.json"
 PROBE_ENV = "TIANCI_DTYPE_PROBE"
 # bumped whenever the step's own code changes what each dtype costs (a cached verdict would be stale):
 # 2 = the CPU's training attention runs in fp32 under bf16 autocast (tianci.attention._sdpa)
-STEP_REVISION = 2
+# 3 = fused AdamW on the CPU, loss chunks of 2^20 logits
+STEP_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def probe_key(preset, threads: int, torch_version: str) -> str:
     tc = preset.train
     shape = {"machine": [platform.node(), cpu_name()], "threads": threads, "torch": torch_version,
              "model": dataclasses.asdict(preset.model), "batch_size": tc.batch_size,
-             "fused_loss": tc.fused_loss, "optimizer": tc.optimizer, "compile": tc.compile,
+             "fused_loss": tc.fused_loss, "fused_adamw": tc.fused_adamw, "optimizer": tc.optimizer, "compile": tc.compile,
              "step_revision": STEP_REVISION}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:24]
 

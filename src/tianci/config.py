@@ -217,6 +217,7 @@ class TrainConfig:
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "torch.compile the model")
     fused_loss: bool = _f(True, "chunked cross-entropy that never materialises full fp32 logit grads")
+    fused_adamw: bool = _f(True, "AdamW as one fused kernel; false: the per-tensor loop nanoGPT runs on a CPU")
     log: str = _f("none", "mirror metrics to an experiment tracker", choices=("none", "tensorboard", "wandb"))
     progress: bool = _f(True, "progress: a bar on a terminal, a line every few seconds otherwise")
 

@@ -31,7 +31,7 @@ from .corpus import read_meta
 from .errors import Diverged, Interrupted, ParameterError
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, schedule_progress, set_lr
-from .runtime import Compute, StopSignals, compute_init
+from .runtime import Compute, StopSignals, compute_init, sync
 from .trackers import Display, RunLog, truncate_metrics
 
 
@@ -75,6 +75,9 @@ class Counters:
 
     step: int = 0
     elapsed: float = 0.0  # seconds of training, over all sessions of the run
+    # of those, the seconds spent evaluating and checkpointing at evaluations: elapsed - eval_time is the
+    # optimizer steps' own time (a speedrun that evaluates often is not charged for its measuring)
+    eval_time: float = 0.0
     tokens: int = 0
     best_val: float = math.inf
     evaluated_at: int = -1  # the step whose evaluation is already logged (set on resume)
@@ -176,10 +179,13 @@ class Trainer:
                     self.save_checkpoint()
                     raise Interrupted(stop.signum, c.step, self.run_dir)
                 if (c.step % tc.eval_interval == 0 or done) and c.evaluated_at != c.step:
+                    sync(self.device)  # queued step work counts as steps, not as evaluation
+                    t_ev = time.perf_counter()
                     last_ev = self.evaluate_and_log(log, display)
                     done = done or self._target_reached(last_ev)
                     if tc.ckpt_interval == 0 or done:
                         self.save_checkpoint()
+                    c.eval_time += time.perf_counter() - t_ev
                 if done:
                     break
 
@@ -262,7 +268,8 @@ class Trainer:
         c = self.counters
         ev = self.evaluate()
         c.evaluated_at = c.step
-        log.log({"step": c.step, "eval": True, "time": round(c.elapsed, 3), "tokens": c.tokens,
+        log.log({"step": c.step, "eval": True, "time": round(c.elapsed, 3),
+                 "eval_time": round(c.eval_time, 3), "tokens": c.tokens,
                  **{k: round(v, 5) for k, v in ev.items()}})
         if self.compute.master and ev["val_loss"] < c.best_val:
             c.best_val = ev["val_loss"]
@@ -308,7 +315,7 @@ class Trainer:
     def _state(self) -> dict:
         c = self.counters
         return {
-            "step": c.step, "elapsed": c.elapsed, "tokens": c.tokens, "best_val": c.best_val,
+            "step": c.step, "elapsed": c.elapsed, "eval_time": c.eval_time, "tokens": c.tokens, "best_val": c.best_val,
             "optimizers": [o.state_dict() for o in self.optimizers],
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": np.random.get_state(),
@@ -325,6 +332,7 @@ class Trainer:
             for opt, sd in zip(self.optimizers, st["optimizers"], strict=True):
                 opt.load_state_dict(sd)
             c.step, c.elapsed = int(st["step"]), float(st["elapsed"])
+            c.eval_time = float(st.get("eval_time", 0.0))  # runs saved before the counter: none known
             c.tokens, c.best_val = int(st["tokens"]), float(st["best_val"])
             torch.set_rng_state(st["rng"]["torch"])
             random.setstate(st["rng"]["python"])

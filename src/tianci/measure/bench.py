@@ -50,8 +50,8 @@ class _Variant:
         self.model = GPT(cfg).to(device).train()
         self.tc = copy.deepcopy(preset.train)
         self.tc.fused_loss = fused
-        if name != "fast":  # the classic paths are nanoGPT's: AdamW
-            self.tc.optimizer = "adamw"
+        if name != "fast":  # the classic paths are nanoGPT's: AdamW, fused on CUDA only
+            self.tc.optimizer, self.tc.fused_adamw = "adamw", False
         self.opts = build_optimizers(self.model, self.tc, device.type)
         self.times: list[float] = []
 
