@@ -61,6 +61,28 @@ def test_fused_loss_ignore_index_and_no_grad():
     assert torch.allclose(a, F.cross_entropy(h @ w.t(), t), atol=1e-5)
 
 
+def test_fused_loss_under_no_grad_skips_the_gradient_work():
+    """Guards an evaluation that paid for gradients it throws away: the weights require grad (they
+    do in eval too), but under torch.no_grad the fused loss must run only the logits matmul, one a
+    chunk -- not the dh and dW matmuls -- and still give the same loss."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(40, 8, generator=g).requires_grad_()
+    w = torch.randn(V, 8, generator=g).requires_grad_()
+    t = torch.randint(0, V, (40,), generator=g)
+
+    def mm_calls(grad: bool) -> tuple[int, torch.Tensor]:
+        with profile(activities=[ProfilerActivity.CPU]) as prof, torch.set_grad_enabled(grad):
+            loss = linear_cross_entropy(h, w, t)
+        return sum(e.count for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm_", "aten::addmm")), loss
+
+    n_eval, a = mm_calls(False)
+    n_train, b = mm_calls(True)
+    assert n_eval == 1 and n_train == 3  # one chunk: logits; + dh and dW when training
+    assert not a.requires_grad and torch.allclose(a, b.detach())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_exact_where_the_target_probability_underflows(dtype):
     """Guards the loss read off the fused softmax (-log p_target): a row whose target lies ~150 nats
