@@ -205,6 +205,32 @@ def test_our_muon_matches_torch_muon(adjust):
     assert (ours - ref).abs().max() < 0.05 * moved  # bf16 (torch) vs fp32 (ours) rounding only
 
 
+@pytest.mark.parametrize("chunk", [64 * V, 1 << 21])
+def test_fused_loss_bf16_training_path_matches_cross_entropy(monkeypatch, chunk):
+    """Guards the bf16 training path of the fused loss (softmax read from bf16 logits, written in bf16,
+    the mean's 1/count applied in backward): its loss and gradients must match F.cross_entropy of the
+    same bf16-rounded logits to bf16 rounding, across chunk borders, with ignored rows getting no gradient."""
+    monkeypatch.setattr(losses, "CHUNK_ELEMS", chunk)
+    g = torch.Generator().manual_seed(4)
+    h = (2 * torch.randn(150, 16, generator=g)).requires_grad_()
+    w = torch.randn(V, 16, generator=g).requires_grad_()
+    t = torch.randint(0, V, (150,), generator=g)
+    t[7::11] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = linear_cross_entropy(h, w, t)
+    ga = torch.autograd.grad(2.0 * a, (h, w))
+    hb, wb = h.bfloat16().float(), w.bfloat16().float()  # the operands the bf16 matmuls see
+    b = F.cross_entropy((hb @ wb.t()).bfloat16().float(), t)
+    hr, wr = hb.detach().requires_grad_(), wb.detach().requires_grad_()
+    gb = torch.autograd.grad(2.0 * F.cross_entropy((hr @ wr.t()).bfloat16().float(), t), (hr, wr))
+    assert abs(a.item() - b.item()) < 2e-3 * b.item()
+    for x, y in zip(ga, gb):
+        assert x.dtype == torch.float32
+        assert F.cosine_similarity(x.flatten(), y.flatten(), dim=0) > 0.999
+        assert (x - y).abs().max() < 0.02 * y.abs().max()
+    assert torch.all(ga[0][7::11] == 0)  # ignored rows: no gradient
+
+
 def test_bf16_autocast_path_runs():
     """Guards the bf16 autocast path (CUDA, bf16 CPUs): fused loss under autocast is finite, close
     to fp32, and gives fp32 gradients for fp32 master weights."""

@@ -7,9 +7,9 @@ tensor, its softmax, and its gradient every step; the vocabulary projection + cr
 to 2/3 of the step. Here the rows go through in chunks that reuse one (chunk, V) buffer:
 
     forward:  z = h_c @ W.T;  loss_c = logsumexp(z) - z[target]
-              z <- softmax(z) - onehot(target)   (in place: this *is* d loss / d z)
-              dh_c = z @ W;   dW += z.T @ h_c    (the gradients, computed while z is hot in cache)
-    backward: scale the stored dh, dW by the incoming scalar gradient.
+              p = softmax(z) - onehot(target)    (this *is* d loss_sum / d z)
+              dh_c = p @ W;   dW += p.T @ h_c    (the gradients, computed while p is hot in cache)
+    backward: scale the stored dh, dW by the incoming scalar gradient / the row count.
 
 Computing the gradients inside forward (the trick of Liger-Kernel / Apple's cut-cross-entropy) means
 the logits exist once per chunk, in a buffer that stays in cache, and the backward pass is two
@@ -23,8 +23,9 @@ import os
 import torch
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: rows with this target do not count
-# logits per chunk (4 MB fp32). 2^20 rather than 2^21: the step 4% faster on an AMX Xeon at batch 12 and 24
-# (57.4 vs 59.5, 103.1 vs 107.7 ms, interleaved; 2^18 and below lose to the extra launches); within noise on a Zen 4 (docs/speed.md)
+# logits per chunk (4 MB fp32). 2^20 rather than 2^21: with the fp32 softmax the step was 4% faster on an AMX
+# Xeon at batch 12 and 24 (57.4 vs 59.5, 103.1 vs 107.7 ms, interleaved), within noise on a Zen 4; with the
+# bf16 one the two tie (45.9 vs 45.4, 85.2 vs 84.4); 2^19 and below lose to the extra launches
 CHUNK_ELEMS = int(os.environ.get("TIANCI_CE_CHUNK", 1 << 20))
 
 
@@ -43,10 +44,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_h, want_w = grad and ctx.needs_input_grad[0], grad and ctx.needs_input_grad[1]
         need_grad = want_h or want_w
         count = (targets != IGNORE_INDEX).sum().clamp(min=1)
-        # matmuls in mm_dtype (bf16 where it pays off, e.g. CUDA), softmax and accumulation in fp32
+        # matmuls in mm_dtype (bf16 where it pays off, e.g. CUDA), loss and accumulation in fp32
         w_mm = weight.to(mm_dtype)
         h_mm = h.to(mm_dtype)
         acc = torch.promote_types(mm_dtype, torch.float32)  # fp32, or fp64 in the gradient checks
+        # training under bf16: the softmax reads the bf16 logits and writes bf16 probabilities (fp32
+        # inside), which is the gradient's dtype anyway -- no fp32 copy of the logits, half the bytes
+        # written. A (171, 6104) chunk on a Xeon, one thread: 0.56 ms against 1.24 for cast, fp32
+        # softmax, -onehot, scale and cast back. The loss read from it (-log p_t, p_t rounded to bf16)
+        # is off by < 0.2% a row, unbiased; evaluation (no grad) keeps the exact fp32 path.
+        low = need_grad and softcap == 0 and mm_dtype != acc
+        on_cpu = h.device.type == "cpu"
         dh = dw = None
         if want_h:
             dh = torch.empty((n, h.shape[1]), dtype=acc, device=h.device)
@@ -54,40 +62,50 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dw = torch.zeros(weight.shape, dtype=acc, device=h.device)
         rows = _chunk_rows(n, v)
         buf = torch.empty((rows, v), dtype=mm_dtype, device=h.device)
-        total = torch.zeros((), dtype=torch.promote_types(mm_dtype, torch.float32), device=h.device)
+        total = torch.zeros((), dtype=acc, device=h.device)
         for s in range(0, n, rows):
             e = min(n, s + rows)
             hc, tc = h_mm[s:e], targets[s:e]
             z = torch.mm(hc, w_mm.t(), out=buf[: e - s])
-            z = z.to(acc)  # softmax of fp32 logits: from bf16 directly (dtype=) measured 6x slower on a CPU
-            t = None
-            if softcap > 0:
-                t = torch.tanh(z.div_(softcap))  # z now holds z / c
-                z = t.mul(softcap)
-            ok = (tc != IGNORE_INDEX).to(acc)
+            ok = tc != IGNORE_INDEX
             tsafe = tc.clamp(min=0)[:, None]
-            # one fused softmax pass, not max, subtract, exp, sum and rescale as separate passes (docs/speed.md)
-            p = torch.softmax(z, dim=1)  # (rows, V)
-            p_t = p.gather(1, tsafe).squeeze(1)
-            # -log p is exact while p is a normal fp32 number; a row where it underflows (a logit gap of
+            t = None
+            if low:
+                p = torch.softmax(z, dim=1)  # (rows, V) in bf16
+            else:
+                z = z.to(acc)  # softmax of fp32 logits: from bf16 directly (dtype=) measured 6x slower on a CPU
+                if softcap > 0:
+                    t = torch.tanh(z.div_(softcap))  # z now holds z / c
+                    z = t.mul(softcap)
+                # one fused softmax pass, not max, subtract, exp, sum and rescale as separate passes (docs/speed.md)
+                p = torch.softmax(z, dim=1)  # (rows, V)
+            p_t = p.gather(1, tsafe).squeeze(1).to(acc)
+            # -log p is exact while p is a normal number; a row where it underflows (a logit gap of
             # ~69 nats: a diverging run) gets logsumexp(z) - z_target, exact, computed only for those rows
             # on a CPU (a host check is free there), for every row elsewhere (no host sync per chunk)
             nll = -p_t.log()
             tiny = p_t < 1e-30
-            if z.device.type != "cpu":
-                exact = torch.logsumexp(z, dim=1) - z.gather(1, tsafe).squeeze(1)
+            if not on_cpu:
+                za = z.to(acc)
+                exact = torch.logsumexp(za, dim=1) - za.gather(1, tsafe).squeeze(1)
                 nll = torch.where(tiny, exact, nll)
             elif bool(tiny.any()):
-                zt = z[tiny]
+                zt = z[tiny].to(acc)
                 nll[tiny] = torch.logsumexp(zt, dim=1) - zt.gather(1, tsafe[tiny]).squeeze(1)
             total += (nll * ok).sum()
             if not need_grad:
                 continue
-            # d loss_mean / d z = (softmax(z) - onehot(target)) / count, zero for ignored rows
-            p.scatter_add_(1, tsafe, torch.full_like(p_t[:, None], -1.0))
+            # d loss_sum / d z = softmax(z) - onehot(target), zero for ignored rows (the 1/count of the
+            # mean is applied to dh and dW in backward: one multiply, not one per chunk)
+            flat = torch.arange(e - s, device=p.device) * v + tsafe.squeeze(1)
+            p.view(-1).index_add_(0, flat, torch.full((e - s,), -1.0, dtype=p.dtype, device=p.device))
             if t is not None:
                 p.mul_(1 - t * t)  # through c * tanh(z / c)
-            g = p.mul_((ok / count)[:, None]).to(mm_dtype)
+            if not on_cpu:
+                p.mul_(ok[:, None].to(p.dtype))
+            elif not bool(ok.all()):
+                p[~ok] = 0
+            g = p.to(mm_dtype)
             if dh is not None:
                 if mm_dtype == acc:
                     torch.mm(g, w_mm, out=dh[s:e])
@@ -100,18 +118,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     dw += (g.t() @ hc).float()
         if need_grad:
             ctx.save_for_backward(dh if dh is not None else torch.empty(0),
-                                  dw if dw is not None else torch.empty(0))
+                                  dw if dw is not None else torch.empty(0), count)
             ctx.h_dtype, ctx.w_dtype = h.dtype, weight.dtype
         return total / count
 
     @staticmethod
     def backward(ctx, grad_out):
-        dh, dw = ctx.saved_tensors
+        dh, dw, count = ctx.saved_tensors
+        scale = grad_out / count  # d loss_mean / d loss_sum, times the incoming gradient
         gh = gw = None
         if ctx.needs_input_grad[0]:
-            gh = (dh * grad_out).to(ctx.h_dtype)
+            gh = (dh * scale).to(ctx.h_dtype)
         if ctx.needs_input_grad[1]:
-            gw = (dw * grad_out).to(ctx.w_dtype)
+            gw = (dw * scale).to(ctx.w_dtype)
         return gh, gw, None, None, None, None
 
 
