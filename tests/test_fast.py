@@ -205,12 +205,15 @@ def test_our_muon_matches_torch_muon(adjust):
     assert (ours - ref).abs().max() < 0.05 * moved  # bf16 (torch) vs fp32 (ours) rounding only
 
 
+@pytest.mark.parametrize("hold", [True, False])
 @pytest.mark.parametrize("chunk", [64 * V, 1 << 21])
-def test_fused_loss_bf16_training_path_matches_cross_entropy(monkeypatch, chunk):
+def test_fused_loss_bf16_training_path_matches_cross_entropy(monkeypatch, chunk, hold):
     """Guards the bf16 training path of the fused loss (softmax read from bf16 logits, written in bf16,
-    the mean's 1/count applied in backward): its loss and gradients must match F.cross_entropy of the
-    same bf16-rounded logits to bf16 rounding, across chunk borders, with ignored rows getting no gradient."""
+    the mean's 1/count applied in backward; dW from the held gradient rows in one product, or per chunk
+    when they would not fit): its loss and gradients must match F.cross_entropy of the same bf16-rounded
+    logits to bf16 rounding, across chunk borders, with ignored rows getting no gradient."""
     monkeypatch.setattr(losses, "CHUNK_ELEMS", chunk)
+    monkeypatch.setattr(losses, "HOLD_ELEMS", 1 << 24 if hold else 0)
     g = torch.Generator().manual_seed(4)
     h = (2 * torch.randn(150, 16, generator=g)).requires_grad_()
     w = torch.randn(V, 16, generator=g).requires_grad_()

@@ -34,8 +34,9 @@ CACHE_NAME = "dtype-auto.json"
 PROBE_ENV = "TIANCI_DTYPE_PROBE"
 # bumped whenever the step's own code changes what each dtype costs (a cached verdict would be stale):
 # 2 = the CPU's training attention runs in fp32 under bf16 autocast (tianci.attention._sdpa)
-# 3 = fused AdamW on the CPU, loss chunks of 2^20 logits; 4 = the fused loss's bf16 softmax when training
-STEP_REVISION = 4
+# 3 = fused AdamW on the CPU, loss chunks of 2^20 logits; 4 = the fused loss's bf16 softmax when training;
+# 5 = its dW from the held gradient rows in one product (CPU)
+STEP_REVISION = 5
 
 
 @dataclass(frozen=True)
