@@ -268,6 +268,15 @@ def test_tianci_critic_fits_one_that_compose_and_compose_eval_then_use(world, rh
     assert main(argv) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["candidates"] == CRITIC_CANDIDATES and rep["critic"]["cv_auc"] == critic.cv_auc
+    from tianci.ci.judge import CRITIC_WEIGHT
+    assert rep["critic"]["weight"] == CRITIC_WEIGHT
+    # --critic-weight reaches the judge that picks the drafts (how the default was measured), and a
+    # weight out of range is one line, before anything is composed
+    assert main([*argv, "--critic-weight", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["critic"]["weight"] == 3.0
+    assert main([*argv, "--critic-weight", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "critic_weight" in err and "0..10" in err, err
     assert main([*argv, "--critic", "off"]) == 0
     off = json.loads(capsys.readouterr().out)
     assert off["candidates"] == 1 and off["critic"] is None

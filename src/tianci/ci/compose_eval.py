@@ -198,7 +198,7 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
             log(format_row(row))
     return {"k": k, "top": top, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
             "min_p": min_p, "candidates": candidates, "clause_ends": clause_ends, "themes": themes,
-            "critic": None if judge.critic is None else judge.critic.summary(),
+            "critic": None if judge.critic is None else {**judge.critic.summary(), "weight": judge.critic_weight},
             "judge_order": judge.lm.order,
             "per_cipai": rows, "overall": _overall(rows), "turing": turing_test(*pairs, seed=seed)}
 
@@ -294,8 +294,8 @@ def format_summary(report: dict) -> str:
     if report.get("candidates", 1) > 1:
         c = report.get("critic")
         lines.append(f"each poem the best of {report['candidates']} drafts by the judge" + (
-            f" and the run's critic ({c['n_gen']} drafts vs {c['n_real']} real train-split poems; "
-            f"its own CV AUC {c['cv_auc']:.3f})" if c else ""))
+            f" and the run's critic at weight {c.get('weight', 0.5):g} ({c['n_gen']} drafts vs {c['n_real']} "
+            f"real train-split poems; its own CV AUC {c['cv_auc']:.3f})" if c else ""))
     if o.get("theme_asked"):
         lines.append(f"theme words found {o['theme_found'] / o['theme_asked']:.1%} ({o['theme_found']} of "
                      f"{o['theme_asked']} asked); every word in {o['theme_all']} of {o['theme_poems']} poems")

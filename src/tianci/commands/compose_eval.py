@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -27,6 +28,9 @@ def add_arguments(p) -> None:
                    f"what compose does: {CRITIC_CANDIDATES} with the run's critic, else 1, or {THEME_CANDIDATES} with --themes)")
     p.add_argument("--critic", choices=["on", "off"], default="on", help="use the run's critic (`tianci critic`) "
                    "when it has one, as compose does (default on; off: the judge alone)")
+    p.add_argument("--critic-weight", type=float, default=None, metavar="W",
+                   help="the critic's log-odds added per nat of judge fluency when picking a draft (default "
+                        "judge.CRITIC_WEIGHT, what compose uses; how it was chosen: docs/compose.md §9)")
     p.add_argument("--clause-ends", choices=["on", "off"], default="on",
                    help="keep clauses from ending on characters real ci almost never ends one with (default on)")
     p.add_argument("--cipu-source", default=None, help="词谱 directory or URL (default TIANCI_CIPU_SOURCE)")
@@ -48,6 +52,8 @@ def run(args) -> int:
         raise ParameterError("top", args.top, "1..1000")
     if args.candidates is not None and not 1 <= args.candidates <= 16:
         raise ParameterError("candidates", args.candidates, "1..16")
+    if args.critic_weight is not None and not 0 <= args.critic_weight <= 10:
+        raise ParameterError("critic_weight", args.critic_weight, "0..10")
     setting = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
                    min_p=args.min_p or None)
     check_sampling(**setting)
@@ -55,6 +61,8 @@ def run(args) -> int:
     cp = open_cipu(args.cipu_source, poems_for_run(args.run, args.data), args.rhyme_source)
     r = load_run(args.run, device=args.device, which=args.which)
     judge = Judge.for_run(cp.corpus, args.run) if args.critic == "on" else Judge.from_corpus(cp.corpus)
+    if args.critic_weight is not None:
+        judge = dataclasses.replace(judge, critic_weight=args.critic_weight)
     shared = dict(k=args.k, top=args.top, seed=args.seed, candidates=args.candidates, judge=judge,
                   clause_ends=args.clause_ends == "on", themes=args.themes)
     if settings is not None:
