@@ -294,7 +294,8 @@ def format_summary(report: dict) -> str:
     if report.get("candidates", 1) > 1:
         c = report.get("critic")
         lines.append(f"each poem the best of {report['candidates']} drafts by the judge" + (
-            f" and the run's critic at weight {c.get('weight', 0.5):g} ({c['n_gen']} drafts vs {c['n_real']} "
+            f" and the run's critic" + (f" at weight {c['weight']:g}" if "weight" in c else "") +
+            f" ({c['n_gen']} drafts vs {c['n_real']} "
             f"real train-split poems; its own CV AUC {c['cv_auc']:.3f})" if c else ""))
     if o.get("theme_asked"):
         lines.append(f"theme words found {o['theme_found'] / o['theme_asked']:.1%} ({o['theme_found']} of "
