@@ -26,6 +26,7 @@ from . import formpos
 from .attention import FusedAttention, Head, LoopAttention  # noqa: F401  (re-exported: model.FusedAttention)
 from .config import GPTConfig
 from .losses import AdaptiveHead, linear_cross_entropy
+from .ops import RMSNorm, relu2
 
 
 class KVCache:
@@ -80,7 +81,7 @@ class MLP(nn.Module):
         elif self.act == "gelu":
             h = F.gelu(h)
         elif self.act == "relu2":  # ReLU squared (modded-nanogpt): cheap and a little better than GELU
-            h = F.relu(h).square()
+            h = relu2(h)
         else:
             h = F.silu(self.c_gate(x)) * h
         if self.c_proj is not None:
@@ -92,7 +93,7 @@ def _norm(cfg: GPTConfig) -> nn.Module:
     if cfg.norm == "layernorm":
         return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.n_embd)
+        return RMSNorm(cfg.n_embd)
     return nn.Identity()
 
 
