@@ -61,11 +61,13 @@ for sec in ("model", "train"):
 # %%
 from tianci.attention import _qk_prepare, _rope
 from tianci.model import GPT, MLP, _norm
+from tianci.ops import relu2
 
 show_source(_rope)
 show_source(_qk_prepare, 'if cfg.pos == "rope"', "_rope(q, pos0)")
-show_source(_norm, "nn.RMSNorm")
-show_source(MLP.forward, 'elif self.act == "relu2"', "F.relu(h).square()")
+show_source(_norm, "RMSNorm(cfg.n_embd)")  # tianci.ops.RMSNorm: nn.RMSNorm, its training backward written by hand
+show_source(MLP.forward, 'elif self.act == "relu2"', "relu2(h)")
+show_source(relu2, "F.relu(h).square()")
 show_source(GPT.__init__, "if cfg.tie_embeddings", "self.lm_head.weight = self.wte.weight",
             "if cfg.zero_init_proj", "nn.init.zeros_(p)")
 
