@@ -23,6 +23,7 @@ COMMANDS = {
     "ladder": ("ladder", "train every rung of the ladder on one budget and compare"),
     "plot": ("plot", "plot loss curves of one or more runs"),
     "attention": ("attention", "draw the attention maps of a layer over a line of text"),
+    "eval": ("evaluate", "a run's exact loss on its whole val (or train) split"),
     "bench": ("bench", "benchmark training and decoding speed"),
     "presets": ("presets", "list the shipped presets"),
     "export": ("export", "export a run to Hugging Face transformers (--format hf) or GGUF for llama.cpp"),
