@@ -36,19 +36,19 @@ class SplitScore:
     fields: dict  # checkpoint.loss_fields: {split}_loss (nats/char), {split}_bpc, per token for BPE
 
 
-def run_data_dir(run: LoadedRun, data: str | Path | None = None) -> DataDir:
-    """The data the run was trained on (or `data`), checked to be tokenized as the run's tokenizer is:
-    a split of other tokens would be scored without any error, and mean nothing."""
-    recorded = run.meta.get("data", {})
-    path = Path(data) if data else (Path(recorded["dir"]) if recorded.get("dir") else None)
-    if path is None:
+def run_data(run: LoadedRun, data: str | Path | None = None) -> tuple[DataDir, dict]:
+    """The data the run was trained on (or `data`) and its meta.json, checked to be tokenized by the run's
+    own tokenizer: a split of other tokens would be scored without any error, and mean nothing."""
+    recorded = run.meta.get("data", {}).get("dir")
+    if not (data or recorded):
         raise DataError(f"{run.run_dir}: its config names no data directory; pass --data DIR")
-    meta = DataDir(path).meta()
-    want, got = recorded.get("tokenizer_fingerprint"), meta.get("tokenizer_fingerprint")
-    if meta["vocab_size"] != run.model.config.vocab_size or (want and got and want != got):
-        raise DataError(f"{path} was tokenized with another tokenizer than the run {run.run_dir} "
-                        f"(vocab {meta['vocab_size']} vs {run.model.config.vocab_size}, fingerprint {got} vs {want})")
-    return DataDir(path)
+    d = DataDir(data or recorded)
+    meta = d.meta()
+    fp, want = meta.get("tokenizer_fingerprint"), run.tokenizer.fingerprint()
+    if meta["vocab_size"] != run.tokenizer.vocab_size or (fp and fp != want):
+        raise DataError(f"{d.path} was tokenized with another tokenizer than the run {run.run_dir} "
+                        f"(vocab {meta['vocab_size']} vs {run.tokenizer.vocab_size}, fingerprint {fp} vs {want})")
+    return d, meta
 
 
 @torch.no_grad()
@@ -56,8 +56,7 @@ def score_split(run: LoadedRun, split: str = "val", data: str | Path | None = No
                 batch_size: int = 64) -> SplitScore:
     """The run's model on every window of `split` (see the module doc), `batch_size` windows at a time."""
     assert split in SPLITS and batch_size >= 1
-    d = run_data_dir(run, data)
-    meta = d.meta()
+    d, meta = run_data(run, data)
     tokens = np.memmap(d.path / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
     T = run.model.config.block_size
     n = (len(tokens) - 1) // T
