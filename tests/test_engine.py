@@ -84,6 +84,25 @@ def test_seeded_text_is_the_same_alone_batched_and_at_max_batch_1():
     assert len(today) == 40 and alone == batched == one == today
 
 
+def test_penalized_rows_count_only_their_own_tokens():
+    """Guards the engine's repetition penalties (generate.penalize) counting another row's tokens, the
+    prompt, or nothing: a seeded row with presence and frequency penalties gets generate.stream's text
+    alone, batched with unpenalized rows and with another penalized one, and at max_batch 1 (and the
+    penalties do change the text)."""
+    m = text_model(TOK)
+    mine = ("春花", SampleOptions(max_new_tokens=40, temperature=1.0, seed=7, presence_penalty=0.8,
+                                 frequency_penalty=0.5))
+    others = [("春花", SampleOptions(max_new_tokens=40, temperature=1.0, seed=7)),
+              ("秋月", SampleOptions(max_new_tokens=30, temperature=0.9, seed=2, presence_penalty=-1.0)),
+              ("往事", SampleOptions(max_new_tokens=50, temperature=0.0, frequency_penalty=2.0))]
+    today = "".join(ev.text for ev in generate_stream(m, TOK, mine[0], 1, mine[1]))
+    plain = "".join(ev.text for ev in generate_stream(m, TOK, others[0][0], 1, others[0][1]))
+    batched = texts(Engine(m, 4), [others[0], mine, others[1], others[2]])
+    one = texts(Engine(m, 1), [others[1], mine])[1]
+    assert len(today) == 40 and today != plain
+    assert batched[1] == one == today and batched[0] == plain
+
+
 def test_stop_strings_usage_and_choices_through_the_engine():
     """Guards the text level through the engine (generate.RowState): a stop string ends the row
     without its text, usage counts every token, and choice i of a seeded request is seeded seed+i."""
@@ -131,6 +150,23 @@ def test_compose_rows_join_completion_batches_with_the_same_text():
     assert out["mine"].text == alone.text == one.text and out["mine"].author == alone.author
     assert "".join(streamed).endswith(alone.text + "\n") and check_poem(alone.text, FORM, PHON).form_ok
     assert engine.stats.peak_active >= 2  # they really shared batches
+
+
+def test_penalized_compose_is_the_same_through_the_engine():
+    """Guards the composer's repetition penalties applied on one decoding path only (generate's or
+    the engine's), or after its masks let a forbidden character back: a penalized poem is the same
+    alone and through an engine, keeps its form, and is not the unpenalized poem."""
+    from tianci.ci.compose import Composer, compose
+    from tianci.ci.compose_eval import check_poem
+
+    tok = tok_of(ALL_HAN)
+    m = text_model(tok, block_size=32)
+    kw = dict(phon=PHON, seed=5, temperature=1.0, composer=Composer(tok, PHON))
+    pen = dict(presence_penalty=2.0, frequency_penalty=1.0)
+    alone = compose(m, tok, FORM, **kw, **pen)
+    via = compose(m, tok, FORM, engine=Engine(m, 2), **kw, **pen)
+    plain = compose(m, tok, FORM, **kw)
+    assert alone.text == via.text != plain.text and check_poem(alone.text, FORM, PHON).form_ok
 
 
 # What compose wrote for these seeds before the engine drew rows together and top-p stopped sorting

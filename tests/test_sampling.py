@@ -170,11 +170,14 @@ def test_sweep_grid_in_order_over_the_flags():
     assert [(s["temperature"], s["min_p"]) for s in got] == [(0.7, 0), (0.7, 0.05), (1.0, 0), (1.0, 0.05)]
     assert all(s["top_p"] == 0.95 and s["top_k"] is None for s in got)
     assert parse_sweep("top_k=0,5", BASE)[1]["top_k"] == 5
+    pen = parse_sweep("presence-penalty=0,0.5 frequency_penalty=-1", BASE)
+    assert [(s["presence_penalty"], s["frequency_penalty"]) for s in pen] == [(0, -1), (0.5, -1)]
 
 
 @pytest.mark.parametrize("grid,words", [("temp=0.7", "NAME=V1,V2"), ("temperature", "NAME=V1,V2"), ("", "NAME"),
                                         ("top_p=0.9,x", "numbers"), ("top_k=1.5", "integers"),
                                         ("min_p=1", "[0, 1)"), ("top_p=0", "(0, 1]"),
+                                        ("presence_penalty=0,3", "-2..2"),
                                         ("top_p=0.9 top_p=1", "named twice"),
                                         ("temperature=" + ",".join(str(i / 10) for i in range(1, 66)), "at most 64")])
 def test_bad_sweep_is_one_line_before_loading(grid, words, tmp_path, capsys):
@@ -203,7 +206,8 @@ def test_sweep_on_a_tiny_run_measures_each_setting(world, rhyme_dir, tmp_path, c
     assert main([*argv, "--sweep", "temperature=0.5,1.5 min_p=0.05", "--out", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 5 and table[3].split()[0] == "real" and table[0].split()[:4] == ["temp", "top_k", "top_p", "min_p"]
-    assert [line.split()[:4] for line in table[1:3]] == [["0.5", "-", "0.95", "0.05"], ["1.5", "-", "0.95", "0.05"]]
+    assert [line.split()[:6] for line in table[1:3]] == [["0.5", "-", "0.95", "0.05", "0", "0"],
+                                                         ["1.5", "-", "0.95", "0.05", "0", "0"]]
     res = json.loads(out.read_text(encoding="utf-8"))
     assert [(r["temperature"], r["top_p"], r["min_p"]) for r in res["rows"]] == [(0.5, 0.95, 0.05), (1.5, 0.95, 0.05)]
     reps = res["reports"]
@@ -294,3 +298,62 @@ def test_a_run_without_its_corpus_is_one_clear_line(cmd, tmp_path, capsys):
     assert main([cmd, "--run", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"tianci {cmd}: error: no real poems to compare with"), err
+
+
+# ----------------------------------------------------------------------------- OpenAI's repetition penalties
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits never change, whatever the context: any change in what is
+    drawn comes from the penalties alone."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        return self.logits.expand(B, T, -1).clone(), None
+
+
+def reference_penalized_greedy(logits: list[float], steps: int, presence: float, frequency: float) -> list[int]:
+    """OpenAI's formula, written out in plain Python: mu_j - c_j * frequency - [c_j > 0] * presence, c_j
+    how often token j was drawn so far in this completion (the prompt not counted); greedy takes the first
+    largest."""
+    f32 = np.float32  # the sampler's own precision, so that near-ties fall the same way
+    counts = [0] * len(logits)
+    out = []
+    for _ in range(steps):
+        adjusted = [f32(mu) - (f32(frequency) * f32(c) + f32(presence) * f32(c > 0)) for mu, c in zip(logits, counts)]
+        j = max(range(len(adjusted)), key=lambda i: (adjusted[i], -i))
+        counts[j] += 1
+        out.append(j)
+    return out
+
+
+@given(logits=st.lists(st.floats(-3, 3).map(lambda x: round(x, 2)), min_size=2, max_size=8),
+       presence=st.sampled_from([0.0, 0.4, 1.0, 2.0, -0.5]), frequency=st.sampled_from([0.0, 0.3, 1.5]),
+       prompt_len=st.integers(1, 4))
+@settings(max_examples=60, deadline=None)
+def test_penalties_follow_openais_formula_and_ignore_the_prompt(logits, presence, frequency, prompt_len):
+    """Guards presence_penalty / frequency_penalty computing another rule than OpenAI's (presence once per
+    drawn token, frequency per draw, on raw logits before temperature, the prompt's tokens not counted):
+    greedy decoding of a model with fixed logits equals the formula written out in plain Python."""
+    from tianci.generate import generate
+
+    m = FixedLogits(logits)
+    idx = torch.zeros((2, prompt_len), dtype=torch.long)  # token 0 in the prompt: it must not count
+    got = torch.stack(list(generate(m, idx, 12, temperature=0.0, presence_penalty=presence,
+                                    frequency_penalty=frequency)), 1)
+    ref = reference_penalized_greedy(logits, 12, presence, frequency)
+    assert got[0].tolist() == ref and got[1].tolist() == ref
+
+
+def test_penalties_out_of_openais_range_are_refused_by_name():
+    """Guards a penalty outside -2..2 reaching the sampler (or an error that does not name it)."""
+    for kw in ({"presence_penalty": 2.5}, {"frequency_penalty": -2.01}, {"presence_penalty": float("nan")}):
+        with pytest.raises(ParameterError) as e:
+            check_sampling(**kw)
+        assert e.value.param == next(iter(kw)) and "-2..2" in str(e.value)
+        with pytest.raises(ParameterError):
+            SampleOptions(**kw).validate()
+    check_sampling(presence_penalty=-2.0, frequency_penalty=2.0)  # the ends are allowed

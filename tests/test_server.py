@@ -91,6 +91,29 @@ def test_completion_shape_usage_and_seed(client):
     assert [c["text"] for c in a["choices"]] == [c["text"] for c in b["choices"]]
 
 
+def test_penalties_reach_every_route(client, world):
+    """Guards presence_penalty / frequency_penalty refused, dropped or counted differently on the way
+    through the server: a penalized completion is generate.stream's text for the same options, and a
+    penalized composition is the same by /api/compose and by chat, and not the unpenalized poem."""
+    from tianci.checkpoint import load_run
+    from tianci.generate import SampleOptions, stream
+
+    pen = {"presence_penalty": 1.5, "frequency_penalty": 0.5}
+    body = {"prompt": "春风", "max_tokens": 30, "seed": 7, "temperature": 1.0}
+    got = client.post("/v1/completions", json={**body, **pen}).json()["choices"][0]["text"]
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    r = load_run(world["run"])
+    ref = "".join(ev.text for ev in stream(r.model, r.tokenizer, "春风", 1,
+                                           SampleOptions(max_new_tokens=30, temperature=1.0, seed=7, **pen)))
+    assert got == ref and got != plain
+    poem = {"cipai": "浣溪沙", "seed": 5, "stream": False}
+    a = client.post("/api/compose", json={**poem, **pen}).json()
+    b = client.post("/api/compose", json=poem).json()
+    c = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "浣溪沙"}], "seed": 5,
+                                                  **pen}).json()
+    assert a["text"] == c["compose"][0]["text"] and a["text"] != b["text"]
+
+
 def test_prompt_list_echo_and_stop(client):
     """Guards: list prompts mis-indexed, echo dropped, stop sequences not cut or finish_reason wrong."""
     r = client.post("/v1/completions", json={"prompt": ["春", "秋"], "n": 2, "max_tokens": 3, "echo": True}).json()
@@ -144,7 +167,8 @@ BAD = [  # (body, param, words the message must hold)
     ({"prompt": "春", "logprobs": 2}, "logprobs", "not supported"),
     ({"prompt": "春", "best_of": 2}, "best_of", "best_of"),
     ({"prompt": "春", "suffix": "了"}, "suffix", "not supported"),
-    ({"prompt": "春", "presence_penalty": 0.5}, "presence_penalty", "not supported"),
+    ({"prompt": "春", "presence_penalty": 2.5}, "presence_penalty", "-2"),
+    ({"prompt": "春", "frequency_penalty": -3}, "frequency_penalty", "-2"),
     ({"prompt": "春", "logit_bias": {"1": 5}}, "logit_bias", "not supported"),
     ({"prompt": "春", "temprature": 1}, "temprature", "unknown parameter"),
     ({"max_tokens": 3}, "prompt", "required"),

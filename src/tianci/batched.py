@@ -67,7 +67,8 @@ def stream(engine: Engine, tokenizer, prompt: str, n: int = 1, opts: SampleOptio
     count()
     for ev in run_rows(engine, ids, n, opts.max_new_tokens, opts.seed, on_token,
                        on_length=lambda r: states[r].finish(), cancelled=cancelled, temperature=opts.temperature,
-                       top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p):
+                       top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
+                       presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty):
         yield ev
         count()
     count()

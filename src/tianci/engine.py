@@ -8,7 +8,7 @@ at any time, so an `Engine` keeps `max_batch` slots and one loop (vLLM's and lla
 - a new sequence waits in a FIFO queue until a slot is free, then is prefilled into its slot alone
   (batch 1, as `generate` prefills one row);
 - every step runs `GPT.decode_step` once over the occupied slots, each row at its own position;
-- each row samples with its own temperature / top-k / top-p / min-p / logits hook (the composer's masks) and
+- each row samples with its own temperature / top-k / top-p / min-p / penalties / logits hook (the composer's masks) and
   its own `torch.Generator`, so a seeded row draws the same numbers whatever else is in the batch;
 - a row whose context fills block_size re-reads its last block_size tokens every step, exactly as
   `generate` does (all such rows in one forward); a row that finishes or is cancelled frees its
@@ -34,7 +34,7 @@ import torch
 
 from . import formpos
 from .errors import ParameterError
-from .generate import next_token
+from .generate import count_drawn, next_token, penalize
 
 MAX_BATCH = 256  # the server runs a waiting thread per admitted request: keep that bounded too
 
@@ -70,6 +70,8 @@ class Row:
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
+    presence_penalty: float = 0.0  # generate.penalize, on the tokens this row drew
+    frequency_penalty: float = 0.0
     generator: torch.Generator | None = None
     logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # (1, V) logits, step -> logits
     form_hook: Callable[[int], torch.Tensor] | None = None  # a form model's (2,) ids, step -> ids (generate's)
@@ -86,6 +88,7 @@ class _Slot:
     steps: int = 0  # tokens drawn
     fresh: bool = True  # not prefilled yet: the last token of ctx is not in the cache either way
     form: torch.Tensor | None = None  # a form row's (len(ctx), 2) ids beside ctx in a forward (tianci.formpos)
+    counts: torch.Tensor | None = None  # (1, V) how often it drew each token, once a penalty needs them
 
 
 @dataclass
@@ -285,7 +288,8 @@ class Engine:
         for s in sorted(logits):
             row = self.slots[s].row
             try:
-                lg = logits[s] if row.logits_hook is None else row.logits_hook(logits[s], self.slots[s].steps)
+                lg = penalize(logits[s], self.slots[s].counts, row.presence_penalty, row.frequency_penalty)
+                lg = lg if row.logits_hook is None else row.logits_hook(lg, self.slots[s].steps)
                 if lg.shape != logits[s].shape:  # caught here, it cannot take the rows sampled with it down
                     raise ValueError(f"a logits hook returned shape {tuple(lg.shape)}, not {tuple(logits[s].shape)}")
             except Exception as e:  # this row's hook failed: only this row ends
@@ -300,7 +304,10 @@ class Engine:
                 for s, _ in rows:
                     self._retire(s, "error", e)
                 continue
-            for (s, _), tok in zip(rows, toks):
+            for (s, lg), tok in zip(rows, toks):
+                slot = self.slots[s]
+                if slot.row.presence_penalty or slot.row.frequency_penalty:
+                    slot.counts = count_drawn(slot.counts, torch.tensor([tok], device=lg.device), lg.size(-1))
                 self._take(s, tok)
 
     def _take(self, s: int, tok: int) -> None:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from . import formpos
 from .errors import TianciError
-from .sampling import CONTINUE_SAMPLING
+from .sampling import CONTINUE_SAMPLING, check_sampling
 from .tokenizer import StreamDecoder
 
 if TYPE_CHECKING:
@@ -90,6 +90,24 @@ def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return out
 
 
+def penalize(logits: torch.Tensor, counts: torch.Tensor | None, presence: float = 0.0,
+             frequency: float = 0.0) -> torch.Tensor:
+    """OpenAI's repetition penalties on (B, V) raw logits (before temperature and the filters): each
+    token already drawn loses `presence`, and `frequency` times how often it was drawn. counts (B, V)
+    holds how often each row drew each token (`count_drawn`); the prompt does not count, as in
+    OpenAI's API. Negative values favour repeats. A -inf logit stays -inf."""
+    if counts is None or not (presence or frequency):
+        return logits
+    return logits - (frequency * counts + presence * (counts > 0).to(logits.dtype))
+
+
+def count_drawn(counts: torch.Tensor | None, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """counts (B, V) after each row drew tokens (B,); None starts from zero."""
+    if counts is None:
+        counts = torch.zeros((tokens.size(0), vocab_size), device=tokens.device)
+    return counts.scatter_add_(1, tokens[:, None], torch.ones((tokens.size(0), 1), device=tokens.device))
+
+
 Generators = torch.Generator | list[torch.Generator | None] | None
 
 
@@ -123,6 +141,7 @@ def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
              generator: torch.Generator | None = None,
              logits_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
              use_cache: bool = True, decoder: "CompiledDecoder | None" = None,
@@ -130,6 +149,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
     """Yield the next token id of every row, (B,), for up to max_new_tokens steps.
 
     idx (B, T) is the prompt. Prompts longer than the context keep their last block_size tokens.
+    presence_penalty / frequency_penalty: `penalize`, on the tokens this call has drawn, before the hook.
     logits_hook(logits (B, V) float32, step) may mask tokens (-inf) before sampling.
     decoder: a `tianci.decode.CompiledDecoder` of this model: decode with its compiled fixed-shape
     step where it can (the caller keeps it, and so the compile, across calls).
@@ -142,6 +162,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
     cache = step_fn.cache if step_fn is not None else model.new_kv_cache(idx.size(0)) if use_cache else None
     seq = idx
     new = form = None  # form: (B, seq length, 2) beside seq when there is a form_hook
+    counts = None  # (B, V) how often each row drew each token, kept only when a penalty reads it
+    penalized = bool(presence_penalty or frequency_penalty)
     for step in range(max_new_tokens):
         if form_hook is not None:
             f = form_hook(step).to(seq.device)[:, None]
@@ -159,10 +181,12 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
             logits = step_fn(new[:, None], **_form(form, 1))[:, None, :]  # (B, 1, V); the step advances the cache
         else:
             logits, _ = model(new[:, None], kv_cache=cache, **_form(form, 1))
-        logits = logits[:, -1, :].float()
+        logits = penalize(logits[:, -1, :].float(), counts, presence_penalty, frequency_penalty)
         if logits_hook is not None:
             logits = logits_hook(logits, step)
         new = next_token(logits, temperature, top_k, top_p, generator, min_p)
+        if penalized:
+            counts = count_drawn(counts, new, logits.size(-1))
         # keep at most block-1 old tokens (max(0, ...): at block_size=1, -block+1 == 0 kept everything)
         seq = torch.cat([seq[:, max(0, seq.size(1) - block + 1):] if block else seq, new[:, None]], dim=1)
         yield new
@@ -182,6 +206,8 @@ class SampleOptions:
     top_k: int | None = CONTINUE_SAMPLING.top_k
     top_p: float | None = CONTINUE_SAMPLING.top_p
     min_p: float | None = CONTINUE_SAMPLING.min_p  # 0 or None = off
+    presence_penalty: float = CONTINUE_SAMPLING.presence_penalty
+    frequency_penalty: float = CONTINUE_SAMPLING.frequency_penalty
     seed: int | None = None
     stop_at_end: bool = False  # stop a sample at the end of a poem (a blank line)
     stop: tuple[str, ...] = ()
@@ -198,6 +224,7 @@ class SampleOptions:
             raise TianciError(f"top_p={self.top_p} is out of range (0, 1]")
         if self.min_p is not None and not 0 <= self.min_p < 1:
             raise TianciError(f"min_p={self.min_p} is out of range [0, 1) (0 = off)")
+        check_sampling(presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty)
         return self
 
 
@@ -286,8 +313,9 @@ def stream(model, tokenizer, prompt: str, n: int = 1, opts: SampleOptions | None
     model.eval()
     try:
         for tok in generate(model, idx, opts.max_new_tokens, temperature=opts.temperature,
-                            top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p, generator=gen,
-                            use_cache=opts.use_cache, decoder=decoder):
+                            top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p,
+                            presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty,
+                            generator=gen, use_cache=opts.use_cache, decoder=decoder):
             for row, t in zip(rows, tok.tolist()):
                 ev = None if row.done else row.push(t)
                 if ev is not None:

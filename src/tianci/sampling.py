@@ -11,12 +11,15 @@ from .errors import ParameterError
 
 @dataclass(frozen=True)
 class Sampling:
-    """One named sampling setting: the filters of `filter_logits`."""
+    """One named sampling setting: the filters of `filter_logits`, and OpenAI's repetition penalties
+    (`generate.penalize`), which come first."""
 
     temperature: float
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 # Composing's defaults, read by every caller (`tianci compose`, compose-eval and its ladder, the server's
@@ -52,20 +55,29 @@ def default_candidates(candidates: int | None, theme, has_judge: bool, has_criti
 CONTINUE_SAMPLING = Sampling(temperature=0.8)
 
 
+PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's range for presence_penalty and frequency_penalty
+
+
 def check_sampling(temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                   min_p: float | None = None) -> None:
+                   min_p: float | None = None, presence_penalty: float | None = None,
+                   frequency_penalty: float | None = None) -> None:
     """The front ends' one range check of a sampling setting: a ParameterError naming the first value
     outside its range (None: not given)."""
+    lo, hi = PENALTY_RANGE
     for name, value, ok, allowed in (("temperature", temperature, lambda v: 0 <= v <= 10, "0..10"),
                                      ("top_k", top_k, lambda v: v >= 0, ">= 0 (0 = off)"),
                                      ("top_p", top_p, lambda v: 0 < v <= 1, "(0, 1]"),
-                                     ("min_p", min_p, lambda v: 0 <= v < 1, "[0, 1) (0 = off)")):
+                                     ("min_p", min_p, lambda v: 0 <= v < 1, "[0, 1) (0 = off)"),
+                                     ("presence_penalty", presence_penalty, lambda v: lo <= v <= hi, f"{lo:g}..{hi:g}"),
+                                     ("frequency_penalty", frequency_penalty, lambda v: lo <= v <= hi,
+                                      f"{lo:g}..{hi:g}")):
         if value is not None and not ok(value):  # NaN fails every range
             raise ParameterError(name, value, allowed)
 
 
 def add_sampling_flags(p, defaults: Sampling, top_k: bool = True) -> None:
-    """--temperature --top-k --top-p --min-p on an argparse parser, their defaults from `defaults`."""
+    """--temperature --top-k --top-p --min-p --presence-penalty --frequency-penalty on an argparse parser,
+    their defaults from `defaults`."""
     def off(v) -> str:
         return "off" if v is None else str(v)
     p.add_argument("--temperature", type=float, default=defaults.temperature,
@@ -77,3 +89,9 @@ def add_sampling_flags(p, defaults: Sampling, top_k: bool = True) -> None:
                    help=f"keep the likeliest tokens that cover this much probability (default {off(defaults.top_p)})")
     p.add_argument("--min-p", type=float, default=defaults.min_p, help="keep the tokens at least this fraction as "
                    f"likely as the likeliest, 0 <= min_p < 1, 0 = off (default {off(defaults.min_p)})")
+    p.add_argument("--presence-penalty", type=float, default=defaults.presence_penalty,
+                   help="subtract this from the logit of every token already drawn, as OpenAI's presence_penalty, "
+                   f"-2..2 (default {defaults.presence_penalty:g})")
+    p.add_argument("--frequency-penalty", type=float, default=defaults.frequency_penalty,
+                   help="subtract this times how often a token was already drawn from its logit, as OpenAI's "
+                   f"frequency_penalty, -2..2 (default {defaults.frequency_penalty:g})")

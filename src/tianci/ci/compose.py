@@ -266,9 +266,10 @@ def _encode_loose(vt: VocabTables, text: str) -> list[int]:
 
 def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str | None = None,
                   acrostic: str | None = None, temperature: float = S.temperature, top_k: int | None = S.top_k,
-                  top_p: float | None = S.top_p, min_p: float | None = S.min_p, seed: int | None = None,
-                  author: str | None = None, on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-                  variant: int | None = None, composer: Composer | None = None,
+                  top_p: float | None = S.top_p, min_p: float | None = S.min_p,
+                  presence_penalty: float = S.presence_penalty, frequency_penalty: float = S.frequency_penalty,
+                  seed: int | None = None, author: str | None = None, on_text=None, cipu: CiPu | None = None,
+                  phon: Phonology | None = None, variant: int | None = None, composer: Composer | None = None,
                   candidates: int | None = None, theme: str | None = None, engine=None,
                   cancelled=None) -> list[ComposeResult]:
     """`n` poems to one form, decoded together as one batch. With candidates=M > 1 (needs a
@@ -301,7 +302,8 @@ def compose_batch(model, tokenizer, cipai: str | Form, n: int = 1, *, start: str
     guide = ThemeGuide(fm.vt, words, rows, len(fm.cells)) if words else None
     dec = ConstrainedDecoder(fm, rows, author is None, forced, composer.no_clause_end, guide)
     steps = len(fm.cells) + (AUTHOR_MAX + 1 if author is None else 0)
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)  # after the masks
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,  # after the masks
+                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)  # before them
     if engine is None:
         _decode(model, ids, dec, steps, seed, on_text if candidates == 1 else None, **sampling)
     else:
@@ -375,10 +377,11 @@ def _decode_on(engine, ids: list[int], dec: ConstrainedDecoder, steps: int, seed
 
 def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
             acrostic: str | None = None, temperature: float = S.temperature, top_k: int | None = S.top_k,
-            top_p: float | None = S.top_p, min_p: float | None = S.min_p, seed: int | None = None,
-            author: str | None = None, on_text=None, cipu: CiPu | None = None, phon: Phonology | None = None,
-            variant: int | None = None, composer: Composer | None = None, candidates: int | None = None,
-            theme: str | None = None, engine=None, cancelled=None) -> ComposeResult:
+            top_p: float | None = S.top_p, min_p: float | None = S.min_p,
+            presence_penalty: float = S.presence_penalty, frequency_penalty: float = S.frequency_penalty,
+            seed: int | None = None, author: str | None = None, on_text=None, cipu: CiPu | None = None,
+            phon: Phonology | None = None, variant: int | None = None, composer: Composer | None = None,
+            candidates: int | None = None, theme: str | None = None, engine=None, cancelled=None) -> ComposeResult:
     """Compose one ci to `cipai` (a name, alias or pinyin, or a ready `Form`).
 
     start: fixes the opening characters; acrostic: the first character of each line (or clause), 藏头;
@@ -389,6 +392,7 @@ def compose(model, tokenizer, cipai: str | Form, *, start: str | None = None,
     is built from tokenizer, cipu and phon (which default to TIANCI_CIPU_SOURCE / TIANCI_RHYME_SOURCE,
     else upstream)."""
     return compose_batch(model, tokenizer, cipai, 1, start=start, acrostic=acrostic,
-                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, author=author,
+                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                         presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, author=author,
                          on_text=on_text, cipu=cipu, phon=phon, variant=variant, composer=composer,
                          candidates=candidates, theme=theme, engine=engine, cancelled=cancelled)[0]

@@ -132,7 +132,9 @@ def turing_test(gen: list[str], real: list[str], seed: int = 0, folds: int = 5, 
 
 def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top: int = 30,
              seed: int = 0, temperature: float = S.temperature, top_k: int | None = S.top_k,
-             top_p: float | None = S.top_p, min_p: float | None = S.min_p, max_real: int = 10,
+             top_p: float | None = S.top_p, min_p: float | None = S.min_p,
+             presence_penalty: float = S.presence_penalty, frequency_penalty: float = S.frequency_penalty,
+             max_real: int = 10,
              candidates: int | None = None, clause_ends: bool = True, judge: Judge | None = None, themes: bool = False,
              log=None) -> dict:
     """The report of `tianci compose-eval`: k poems for each of the top 词牌 at this sampling setting,
@@ -159,7 +161,8 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
                     if corpus.poems[i].split == "val"]
         theme = _theme_for(words, held_out, max_real, seed + n) if words is not None else ()
         res = compose_batch(model, tokenizer, form, k, seed=seed + n, temperature=temperature, top_k=top_k,
-                            top_p=top_p, min_p=min_p, composer=composer, candidates=candidates,
+                            top_p=top_p, min_p=min_p, presence_penalty=presence_penalty,
+                            frequency_penalty=frequency_penalty, composer=composer, candidates=candidates,
                             theme=",".join(theme) or None)
         samples = []
         for r, jn in zip(res, judge.lm.nlls([r.text for r in res])):
@@ -197,7 +200,8 @@ def evaluate(model, tokenizer, cp: CiPu, corpus: CorpusStats, *, k: int = 3, top
         if log:
             log(format_row(row))
     return {"k": k, "top": top, "seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "min_p": min_p, "candidates": candidates, "clause_ends": clause_ends, "themes": themes,
+            "min_p": min_p, "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+            "candidates": candidates, "clause_ends": clause_ends, "themes": themes,
             "critic": None if judge.critic is None else {**judge.critic.summary(), "weight": judge.critic_weight},
             "judge_order": judge.lm.order,
             "per_cipai": rows, "overall": _overall(rows), "turing": turing_test(*pairs, seed=seed)}

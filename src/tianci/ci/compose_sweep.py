@@ -16,14 +16,15 @@ import math
 from ..errors import ParameterError, TianciError
 from ..sampling import check_sampling
 
-KEYS = {"temperature": float, "top_k": int, "top_p": float, "min_p": float}  # what a sweep may vary
+KEYS = {"temperature": float, "top_k": int, "top_p": float, "min_p": float,  # what a sweep may vary
+        "presence_penalty": float, "frequency_penalty": float}
 MAX_SETTINGS = 64  # each setting is a whole compose-eval: a bigger grid is a typo, not a plan
 SYNTAX = "NAME=V1,V2,... separated by spaces, NAME one of " + ", ".join(KEYS)
 
 
 def parse_sweep(text: str, base: dict) -> list[dict]:
     """The settings of a sweep, in grid order (the last name varies fastest): `base` (the command's own
-    --temperature/--top-k/--top-p/--min-p) with the named values put in. A one-line ParameterError for
+    sampling flags, --temperature ... --frequency-penalty) with the named values put in. A one-line ParameterError for
     a malformed part, an unknown or repeated name, a value out of its range or too big a grid."""
     axes: dict[str, list] = {}
     for part in text.split():
@@ -89,7 +90,7 @@ def describe(s: dict) -> str:
     return " ".join(f"{k}={'off' if s.get(k) is None else s[k]}" for k in KEYS)
 
 
-HEADER = (f"{'temp':>5}{'top_k':>6}{'top_p':>6}{'min_p':>6} |{'AUC':>6}{'judge':>7}{'broken':>8}{'distinct':>9}"
+HEADER = (f"{'temp':>5}{'top_k':>6}{'top_p':>6}{'min_p':>6}{'pres':>6}{'freq':>6} |{'AUC':>6}{'judge':>7}{'broken':>8}{'distinct':>9}"
           f"{'AA':>7}{'rhyme rep':>10}{'form':>6}{'tone':>7}{'rhyme':>7}{'copy':>5}")
 
 
@@ -102,13 +103,14 @@ def format_sweep(result: dict) -> str:
     lines = [HEADER]
     for r in result["rows"]:
         lines.append(f"{_v(r['temperature'], 'g', 5)}{_v(r['top_k'], 'd', 6)}{_v(r['top_p'], 'g', 6)}"
-                     f"{_v(r['min_p'], 'g', 6)} |{_v(r['auc'], '.3f', 6)}{_v(r['judge'], '.3f', 7)}"
+                     f"{_v(r['min_p'], 'g', 6)}{_v(r['presence_penalty'], 'g', 6)}{_v(r['frequency_penalty'], 'g', 6)}"
+                     f" |{_v(r['auc'], '.3f', 6)}{_v(r['judge'], '.3f', 7)}"
                      f"{_v(r['broken'], '.2%', 8)}{_v(r['distinct'], '.3f', 9)}{_v(r['redup'], '.2%', 7)}"
                      f"{_v(r['rhyme_repeats'], '.2%', 10)}{_v(r['form_ok'], '.0%', 6)}{_v(r['tone'], '.1%', 7)}"
                      f"{_v(r['rhyme'], '.1%', 7)}{_v(r['longest_copy'], 'd', 5)}")
     real = result.get("real")
     if real:
-        lines.append(f"{'real':>23} |{'':>6}{_v(real['judge'], '.3f', 7)}"
+        lines.append(f"{'real':>35} |{'':>6}{_v(real['judge'], '.3f', 7)}"
                      f"{_v(real['broken'], '.2%', 8)}{_v(real['distinct'], '.3f', 9)}{_v(real['redup'], '.2%', 7)}"
                      f"{_v(real['rhyme_repeats'], '.2%', 10)}")
     if result["rows"]:

@@ -43,7 +43,8 @@ def run(args) -> int:
 
     if not 1 <= args.num_samples <= 64:
         raise ParameterError("num_samples", args.num_samples, "1..64")
-    check_sampling(args.temperature, args.top_k, args.top_p, args.min_p)
+    check_sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.presence_penalty,
+                   args.frequency_penalty)
     if args.candidates is not None and not 1 <= args.candidates <= 16:
         raise ParameterError("candidates", args.candidates, "1..16")
     cp = open_cipu(args.cipu_source, args.data, args.rhyme_source, run_dir=args.run)
@@ -81,7 +82,9 @@ def run(args) -> int:
 
         res = compose(r.model, r.tokenizer, form, start=args.start, acrostic=args.acrostic,
                       temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                      min_p=args.min_p or None, seed=None if args.seed is None else args.seed + i, author=args.author,
+                      min_p=args.min_p or None, presence_penalty=args.presence_penalty,
+                      frequency_penalty=args.frequency_penalty, seed=None if args.seed is None else args.seed + i,
+                      author=args.author,
                       on_text=emit, composer=composer, candidates=args.candidates, theme=args.theme)
         which = f"词谱 variant {form.variant}" if form.source == "词谱" else "corpus skeleton"
         note = f"[{form.name}, {which}; rhyme {' → '.join(res.rhyme) or 'none'}; {res.seconds:.2f}s"

@@ -55,7 +55,8 @@ def run(args) -> int:
     if args.critic_weight is not None and not 0 <= args.critic_weight <= 10:
         raise ParameterError("critic_weight", args.critic_weight, "0..10")
     setting = dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
-                   min_p=args.min_p or None)
+                   min_p=args.min_p or None, presence_penalty=args.presence_penalty,
+                   frequency_penalty=args.frequency_penalty)
     check_sampling(**setting)
     settings = parse_sweep(args.sweep, setting) if args.sweep is not None else None  # refused before loading
     cp = open_cipu(args.cipu_source, poems_for_run(args.run, args.data), args.rhyme_source)

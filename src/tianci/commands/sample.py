@@ -45,7 +45,8 @@ def run(args) -> int:
     from ..generate import SampleOptions, encode_prompt, stream
 
     opts = SampleOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop_at_end=args.stop_at_end,
+                         top_p=args.top_p, min_p=args.min_p, presence_penalty=args.presence_penalty,
+                         frequency_penalty=args.frequency_penalty, seed=args.seed, stop_at_end=args.stop_at_end,
                          use_cache=not args.no_cache).validate()
     device = compute_init(args.device, ddp=False).device  # a device this machine lacks: one clear error
     r = load_run(args.run, device=str(device), which=args.which, quantize=args.quantize)
@@ -67,6 +68,8 @@ def run(args) -> int:
 S = CONTINUE_SAMPLING
 GPT_ONLY = (("--stop-at-end", lambda a: a.stop_at_end), ("--top-k", lambda a: a.top_k != S.top_k),
             ("--top-p", lambda a: a.top_p != S.top_p), ("--min-p", lambda a: a.min_p != S.min_p),
+            ("--presence-penalty", lambda a: a.presence_penalty != S.presence_penalty),
+            ("--frequency-penalty", lambda a: a.frequency_penalty != S.frequency_penalty),
             ("--quantize", lambda a: a.quantize != "none"), ("--compile", lambda a: a.compile),
             ("--no-cache", lambda a: a.no_cache),
             ("--which", lambda a: a.which != "best"), ("--device", lambda a: a.device != "cpu"))

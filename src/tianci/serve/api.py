@@ -9,12 +9,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..sampling import COMPOSE_SAMPLING as S
+from ..sampling import COMPOSE_SAMPLING as S, PENALTY_RANGE
 from .limits import Limits, error_body
 
 MAX_SEED = 2**63 - 1
 MIN_P = ("extension (llama.cpp, vLLM): keep the tokens at least min_p times as likely as the likeliest; "
          "0 or null = off")
+PENALTY_LO, PENALTY_HI = PENALTY_RANGE
+PRESENCE = "OpenAI's: subtracted from the logit of every token already drawn (negative: repeats favoured)"
+FREQUENCY = "OpenAI's: times how often a token was already drawn, subtracted from its logit"
 CHAT_MAX_TOKENS = 128  # a chat continuation's length when the request names none
 # strict: no "5" -> 5 or true -> 1 coercions; forbid: a misspelt parameter is an error, not a no-op
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -204,8 +207,8 @@ def request_models(lim: Limits):
         logprobs: int | None = Field(None, ge=0, le=0, description="not supported: null or 0")
         best_of: int | None = Field(None, ge=1, le=lim.max_n, description="must equal n when given")
         suffix: str | None = Field(None, max_length=0, description="not supported: null or empty")
-        presence_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
-        frequency_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
+        presence_penalty: float | None = Field(0.0, ge=PENALTY_LO, le=PENALTY_HI, description=PRESENCE)
+        frequency_penalty: float | None = Field(0.0, ge=PENALTY_LO, le=PENALTY_HI, description=FREQUENCY)
         logit_bias: dict[str, float] | None = Field(None, max_length=0, description="not supported")
 
     class ComposeRequest(BaseModel):
@@ -221,6 +224,8 @@ def request_models(lim: Limits):
         top_p: float | None = Field(S.top_p, gt=0, le=1)
         top_k: int | None = Field(S.top_k, ge=0, le=100_000)
         min_p: float | None = Field(S.min_p, ge=0, lt=1, description=MIN_P)
+        presence_penalty: float = Field(S.presence_penalty, ge=PENALTY_LO, le=PENALTY_HI, description=PRESENCE)
+        frequency_penalty: float = Field(S.frequency_penalty, ge=PENALTY_LO, le=PENALTY_HI, description=FREQUENCY)
         seed: int | None = Field(None, ge=0, le=MAX_SEED)
         variant: int | None = Field(None, ge=0, le=999)
         stream: bool = True
@@ -262,8 +267,10 @@ def request_models(lim: Limits):
         user: str | None = Field(None, max_length=256)
         logprobs: Literal[False] | None = Field(None, description="not supported: null or false")
         top_logprobs: int | None = Field(None, ge=0, le=0, description="not supported: null or 0")
-        presence_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
-        frequency_penalty: float | None = Field(0.0, ge=0, le=0, description="not supported: 0")
+        presence_penalty: float | None = Field(None, ge=PENALTY_LO, le=PENALTY_HI, description=PRESENCE +
+                                               f"; null: 0 for continuations, {S.presence_penalty:g} to compose")
+        frequency_penalty: float | None = Field(None, ge=PENALTY_LO, le=PENALTY_HI, description=FREQUENCY +
+                                                f"; null: 0 for continuations, {S.frequency_penalty:g} to compose")
         logit_bias: dict[str, float] | None = Field(None, max_length=0, description="not supported")
 
     return CompletionRequest, ComposeRequest, ChatRequest

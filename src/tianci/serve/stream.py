@@ -75,6 +75,8 @@ class ComposeParams:
     top_p: float | None = COMPOSE_SAMPLING.top_p
     n: int = 1
     min_p: float | None = COMPOSE_SAMPLING.min_p
+    presence_penalty: float = COMPOSE_SAMPLING.presence_penalty
+    frequency_penalty: float = COMPOSE_SAMPLING.frequency_penalty
 
 
 # ----------------------------------------------------------------------------- jobs (worker thread)
@@ -117,7 +119,8 @@ def compose_job(run, engine, composer, choice, p: ComposeParams):
 
             res = compose(run.model, run.tokenizer, choice.form, start=p.start or None, acrostic=p.acrostic or None,
                           temperature=p.temperature, top_k=p.top_k or None, top_p=p.top_p,
-                          min_p=p.min_p or None, seed=p.seed + i,
+                          min_p=p.min_p or None, presence_penalty=p.presence_penalty,
+                          frequency_penalty=p.frequency_penalty, seed=p.seed + i,
                           author=p.author or None, theme=p.theme or None, on_text=on_text, composer=composer,
                           engine=engine, cancelled=cancelled)
             emit(ComposeDone(res, choice.note, i, p.seed + i))

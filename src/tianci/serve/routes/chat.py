@@ -77,7 +77,10 @@ async def chat(st: AppState, req, request: Request):
                           temperature=S.temperature if req.temperature is None else req.temperature,
                           top_k=S.top_k if req.top_k is None else req.top_k,
                           top_p=S.top_p if req.top_p is None else req.top_p,
-                          min_p=S.min_p if req.min_p is None else req.min_p)
+                          min_p=S.min_p if req.min_p is None else req.min_p,
+                          presence_penalty=S.presence_penalty if req.presence_penalty is None else req.presence_penalty,
+                          frequency_penalty=S.frequency_penalty if req.frequency_penalty is None
+                          else req.frequency_penalty)
         choice, job = await compose_start(st, p)
         info = api.form_info(choice.form)
 

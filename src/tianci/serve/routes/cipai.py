@@ -89,7 +89,8 @@ async def compose(st: AppState, req, request: Request):
     """One composition, streamed or whole."""
     seed = req.seed if req.seed is not None else random_seed()
     p = ComposeParams(req.cipai, seed, req.variant, req.start, req.acrostic, req.theme, req.author,
-                      req.temperature, req.top_k, req.top_p, min_p=req.min_p)
+                      req.temperature, req.top_k, req.top_p, min_p=req.min_p,
+                      presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty)
     choice, job = await compose_start(st, p)
     info = api.form_info(choice.form)
     if req.stream:

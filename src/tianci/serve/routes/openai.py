@@ -55,7 +55,8 @@ def sample_options(req, max_tokens: int):
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return SampleOptions(max_new_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                          top_k=req.top_k or None, top_p=req.top_p if req.top_p not in (None, 1) else None,
-                         min_p=req.min_p or None, seed=req.seed, stop=tuple(stops))
+                         min_p=req.min_p or None, presence_penalty=req.presence_penalty or 0.0,
+                         frequency_penalty=req.frequency_penalty or 0.0, seed=req.seed, stop=tuple(stops))
 
 
 def check_prompt(st: AppState, prompt: str, where: str) -> None:
